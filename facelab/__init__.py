@@ -1,0 +1,54 @@
+"""facelab: folders of face photos in; trained, explained and served face classifiers out.
+
+The public API is a handful of verbs, one per pipeline stage::
+
+    import facelab
+    report = facelab.prepare("photos/", "faces/")          # detect, align, crop
+    run    = facelab.train("faces/", model="efficientnet_lite0")
+    facelab.evaluate(run, "faces/")                         # metrics, plots, model card
+    facelab.explain(run, ["me.jpg"])                        # Grad-CAM, feature maps
+    facelab.export(run)                                     # ONNX + metadata
+    predictor = facelab.load(run)                           # image in, probabilities out
+
+Nothing heavy is imported here: each verb imports its stage module (and torch, OpenCV,
+dlib ...) on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"; resolved lazily so `import facelab` stays instant.
+_API = {
+    "load_source": "facelab.data:load_source",
+    "prepare": "facelab.prepare:prepare",
+    "inspect": "facelab.inspect:inspect",
+    "collect": "facelab.collect:collect",
+    "train": "facelab.train:train",
+    "load": "facelab.bundle:load",
+    "evaluate": "facelab.evaluate:evaluate",
+    "compare": "facelab.evaluate:compare",
+    "explain": "facelab.explain:explain",
+    "export": "facelab.export:export",
+    "predict": "facelab.predict:predict",
+    "verify": "facelab.people:verify",
+    "enroll": "facelab.people:enroll",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    target = _API.get(name)
+    if target is None:
+        raise AttributeError(f"module 'facelab' has no attribute {name!r}")
+    module_name, attr = target.split(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value  # cache: later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,42 @@
+"""The `facelab` command line. It maps commands onto the API functions and holds no logic.
+
+Each stage registers its commands from its own module (``facelab/cli/<stage>.py``, a
+``register(app)`` function), so the CLI grows with the pipeline without one big file.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import typer
+
+app = typer.Typer(
+    name="facelab",
+    help="Folders of face photos in; trained, explained and served face classifiers out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Stage modules in pipeline order; each defines register(app).
+_STAGES = ("prepare", "inspect", "collect", "train", "evaluate", "explain", "export",
+           "predict", "serve", "people")
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else getattr(logging, os.environ.get("FACELAB_LOG", "INFO")),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+for _stage in _STAGES:
+    importlib.import_module(f"facelab.cli.{_stage}").register(app)
+
+
+def main() -> None:
+    from facelab.cli._errors import run_app
+
+    run_app(app)

@@ -1,0 +1,8 @@
+"""CLI commands of the export stage (see facelab/export.py)."""
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to `app`. (Not built yet.)"""

@@ -1,0 +1,2 @@
+"""Session-scoped tiny trained runs that evaluate/explain/predict/serve tests share."""
+from __future__ import annotations
