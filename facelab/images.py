@@ -1,0 +1,121 @@
+"""Safe image decoding: any photo a user may have -> RGB uint8, or an ImageError saying why not.
+
+Handles what real folders contain: EXIF-rotated phone photos, CMYK JPEGs, 16-bit and
+palette/alpha PNGs, greyscale PGMs, and the broken ones (zero-byte, truncated, corrupt,
+not an image at all, decompression-bomb sized). Every failure is an :class:`ImageError`
+whose message names the file, what is wrong and what to do.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Photos with more pixels than this are refused (below PIL's decompression-bomb guard: 89 Mpx
+#: for a warning and 179 Mpx for an error; a real face photo is far below either).
+MAX_PIXELS = 80_000_000
+
+
+class ImageError(ValueError):
+    """A photo could not be read. ``path`` is the file, ``reason`` a short cause (for reports)."""
+
+    def __init__(self, path: str | Path, reason: str, hint: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.hint = hint
+        msg = f"{path}: {reason}"
+        super().__init__(f"{msg}; {hint}" if hint else msg)
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read ``path`` as an upright RGB uint8 array of shape (H, W, 3).
+
+    EXIF orientation is applied; greyscale, CMYK, 16-bit, palette and alpha images are
+    converted (transparent areas become white). Raises :class:`ImageError` on anything
+    that is not a readable image.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ImageError(path, "is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied", "check the file's read permission") from None
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot be read ({exc.strerror or exc})") from None
+    return decode_image(data, name=str(path), max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes (an upload, a file's content) like :func:`read_image`."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)", "re-copy or re-download it")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(name, f"too large ({w}x{h} = {w * h / 1e6:.0f} Mpx, limit "
+                                       f"{max_pixels / 1e6:.0f} Mpx; possible decompression bomb)",
+                                 "downscale the photo first")
+            img.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(name, "not an image (unknown or corrupt format)",
+                         "remove it or replace it with a JPEG/PNG") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, f"too large (decompression bomb guard: {exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(name, f"truncated or corrupt image data ({exc})", "re-copy the file") from None
+    if rgb.size == 0:
+        raise ImageError(name, "image has no pixels")
+    return rgb
+
+
+def _to_rgb(img) -> np.ndarray:  # noqa: ANN001 - PIL.Image.Image
+    """Any PIL mode -> RGB uint8 (16-bit scaled down, alpha composited on white)."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.stack([grey] * 3, axis=-1)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def to_bgr(rgb: np.ndarray) -> np.ndarray:
+    """RGB -> BGR (OpenCV's order), contiguous."""
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def write_image(path: str | Path, rgb: np.ndarray, quality: int = 95) -> Path:
+    """Write an RGB uint8 array atomically; the format follows the extension."""
+    from PIL import Image
+
+    from facelab._io import write_bytes
+
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}.get(
+        path.suffix.lower(), "PNG")
+    buf = io.BytesIO()
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format=fmt, **kwargs)
+    return write_bytes(path, buf.getvalue())

@@ -1,0 +1,592 @@
+"""Face preparation: photos -> detected, aligned, cropped faces (THE crop every stage uses).
+
+* :class:`PrepareConfig` says how (detector, template, size, margin, policies ...); it is
+  stored in ``facelab_prepared.json`` and in every run bundle, so predict and serve crop
+  new photos exactly like the training photos were cropped.
+* :class:`FacePipeline` turns one RGB photo into :class:`PreparedFace` crops.
+* :func:`prepare` does a whole source (folder tree, CelebA, CSV) into an output folder with
+  the same layout and labels, a manifest and a report; :func:`prepare_table` does a
+  :class:`~facelab.data.SampleTable` into cached crops (used by training on raw photos).
+
+Work is cached by content: ``sha256(file bytes)`` + a hash of the config. A re-run reads
+the cache (near-instant) and an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from facelab._io import write_bytes, write_json, write_text
+from facelab.data import (CELEBA_ATTR_FILE, CELEBA_IDENTITY_FILE, CELEBA_PARTITION_FILE, PREPARED_MANIFEST,
+                          SampleTable, load_source)
+from facelab.detect import Face, cached_detector, list_detectors
+from facelab.images import ImageError, read_image
+
+log = logging.getLogger(__name__)
+
+#: Bump when the pipeline's output changes for the same config (invalidates caches).
+PIPELINE_VERSION = 1
+MULTI_FACE_POLICIES = ("largest", "all", "skip")
+LIGHT_MODES = ("none", "clahe")
+BACKGROUND_MODES = ("keep", "blur", "grey")
+CROP_FORMATS = ("jpg", "png")
+STATUSES = ("kept", "no_face", "several_faces", "unreadable")
+REPORT_DIR = ".facelab_report"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How faces are found and cropped. JSON round-trip: :meth:`to_dict` / :meth:`from_dict`."""
+
+    detector: str = "yuface"
+    """Detector registry name (``facelab.detect.list_detectors()``)."""
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options for the detector (e.g. haar: scale_factor, min_neighbors, min_size)."""
+    size: int = 224
+    """Side of the square output crop, in pixels."""
+    template: str = "celeba"
+    """Alignment template: ``celeba`` (CelebA framing, keeps hair/hats/jewellery) or ``tight``."""
+    margin: float = 0.0
+    """Extra context on each side, as a fraction of the template frame (0.1 = 10 %)."""
+    multi_face: str = "largest"
+    """Several faces in a photo: keep the ``largest``, keep ``all``, or ``skip`` the photo."""
+    light: str = "none"
+    """Light balancing of the crop: ``none`` or ``clahe`` (CLAHE on luminance)."""
+    background: str = "keep"
+    """Outside the face: ``keep``, ``blur`` or ``grey``."""
+    detect_max_side: int = 640
+    """Photos larger than this (longest side) are downscaled for detection; crops are cut
+    from the full-resolution original."""
+    min_face: int = 24
+    """Faces whose box is narrower than this (pixels in the original) are ignored."""
+    format: str = "jpg"
+    """Crop file format: ``jpg`` (quality 95) or ``png`` (lossless)."""
+
+    def __post_init__(self) -> None:
+        from facelab.align import list_templates
+
+        if self.detector not in list_detectors():
+            raise ValueError(f"unknown detector {self.detector!r}; valid: {', '.join(list_detectors())}")
+        if self.template not in list_templates():
+            raise ValueError(f"unknown template {self.template!r}; valid: {', '.join(list_templates())}")
+        _check_choice("multi_face", self.multi_face, MULTI_FACE_POLICIES)
+        _check_choice("light", self.light, LIGHT_MODES)
+        _check_choice("background", self.background, BACKGROUND_MODES)
+        _check_choice("format", self.format, CROP_FORMATS)
+        if not 16 <= self.size <= 2048:
+            raise ValueError(f"size must be between 16 and 2048 pixels, got {self.size}")
+        if not 0.0 <= self.margin <= 1.0:
+            raise ValueError(f"margin must be between 0 and 1, got {self.margin}")
+        if self.detect_max_side < 64:
+            raise ValueError(f"detect_max_side must be >= 64, got {self.detect_max_side}")
+        if self.min_face < 0:
+            raise ValueError(f"min_face must be >= 0, got {self.min_face}")
+        if not isinstance(self.detector_options, dict):
+            raise ValueError("detector_options must be a dict")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PrepareConfig":
+        """Build from :meth:`to_dict` output; unknown keys are an error (a typo is not ignored)."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown PrepareConfig key(s) {unknown}; valid: {sorted(known)}")
+        if "detector_options" in d:
+            d["detector_options"] = dict(d["detector_options"] or {})
+        return cls(**d)
+
+    def digest(self) -> str:
+        """Hash of everything that changes the crops (the cache key's config half)."""
+        text = json.dumps({"v": PIPELINE_VERSION, **self.to_dict()}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __hash__(self) -> int:  # dict field: hash the JSON form
+        return hash(self.digest())
+
+
+def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
+
+
+def as_config(config: PrepareConfig | dict | None) -> PrepareConfig:
+    if config is None:
+        return PrepareConfig()
+    if isinstance(config, PrepareConfig):
+        return config
+    return PrepareConfig.from_dict(config)
+
+
+# --------------------------------------------------------------------------- one photo
+
+@dataclass
+class PreparedFace:
+    """An aligned face: the detection (coordinates in the ORIGINAL photo) and its crop."""
+
+    face: Face
+    crop: np.ndarray
+
+
+class FacePipeline:
+    """Detect, align, crop: one photo -> list of :class:`PreparedFace`.
+
+    Every stage (training on raw photos, evaluate, predict, serve, people) goes through
+    this class with the config stored in the bundle, so all see identical crops.
+    """
+
+    def __init__(self, config: PrepareConfig | dict | None = None) -> None:
+        self.config = as_config(config)
+        opts = tuple(sorted(self.config.detector_options.items()))
+        self.detector = cached_detector(self.config.detector, opts)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """All faces, largest first, in original-photo coordinates.
+
+        The detector sees the photo downscaled to ``detect_max_side``; boxes and landmarks
+        are scaled back so the crop is cut from the full-resolution photo.
+        """
+        small, factor = _downscale(rgb, self.config.detect_max_side)
+        faces = [f.scaled(factor) if factor != 1.0 else f for f in self.detector.detect(small)]
+        faces = [f for f in faces if f.width >= self.config.min_face]
+        return sorted(faces, key=lambda f: f.area, reverse=True)
+
+    def crop(self, rgb: np.ndarray, face: Face) -> np.ndarray:
+        """The aligned, optionally light-balanced and background-suppressed crop of ``face``."""
+        from facelab.align import align_face, balance_light, suppress_background, template_points
+
+        c = self.config
+        crop, _ = align_face(rgb, face.landmarks, c.size, c.template, c.margin)
+        if c.light == "clahe":
+            crop = balance_light(crop)
+        if c.background != "keep":
+            crop = suppress_background(crop, template_points(c.template, c.size, c.margin), c.background)
+        return crop
+
+    def select(self, faces: list[Face]) -> list[Face]:
+        """Apply the multi-face policy to ``faces`` (largest first)."""
+        if len(faces) > 1 and self.config.multi_face == "skip":
+            return []
+        if self.config.multi_face == "largest":
+            return faces[:1]
+        return faces
+
+    def process(self, rgb: np.ndarray) -> list[PreparedFace]:
+        """Detect, apply the multi-face policy, align and crop. Empty list = no usable face."""
+        rgb = _as_rgb(rgb)
+        return [PreparedFace(f, self.crop(rgb, f)) for f in self.select(self.detect(rgb))]
+
+
+def _as_rgb(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {img.dtype}")
+    if img.ndim == 2:
+        return np.stack([img] * 3, axis=-1)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return np.ascontiguousarray(img[..., :3])
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {img.shape}")
+    return img
+
+
+def _downscale(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``rgb`` shrunk so its longest side is <= max_side, and the factor back to the original."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    longest = max(h, w)
+    if longest <= max_side:
+        return rgb, 1.0
+    s = max_side / longest
+    small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return small, longest / max_side
+
+
+# --------------------------------------------------------------------------- cache
+
+def default_cache_dir() -> Path:
+    """``$FACELAB_CACHE`` or ``~/.cache/facelab``."""
+    return Path(os.environ.get("FACELAB_CACHE") or Path.home() / ".cache" / "facelab").expanduser()
+
+
+@dataclass
+class FileResult:
+    """What happened to one source photo."""
+
+    path: str
+    status: str
+    reason: str = ""
+    n_faces: int = 0
+    crops: list[str] = field(default_factory=list)
+    faces: list[dict] = field(default_factory=list)
+    sha256: str = ""
+    cached: bool = False
+
+
+class CropCache:
+    """Crops and per-file results under ``root/crops/<config digest>/<sha[:2]>/<sha>...``."""
+
+    def __init__(self, root: Path | str | None, config: PrepareConfig) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.dir = self.root / "crops" / config.digest()
+        self.config = config
+
+    def _base(self, sha: str) -> Path:
+        return self.dir / sha[:2] / sha
+
+    def load(self, sha: str) -> FileResult | None:
+        record = self._base(sha).with_suffix(".json")
+        try:
+            d = json.loads(record.read_text(encoding="utf-8"))
+            result = FileResult(**d)
+        except (OSError, ValueError, TypeError):
+            return None
+        if not all(Path(p).is_file() for p in result.crops):
+            return None
+        result.cached = True
+        return result
+
+    def store(self, result: FileResult, crops: list[np.ndarray]) -> FileResult:
+        from facelab.images import write_image
+
+        base = self._base(result.sha256)
+        result.crops = [str(write_image(base.with_name(f"{base.name}_{i}.{self.config.format}"), c))
+                        for i, c in enumerate(crops)]
+        write_json(base.with_suffix(".json"), asdict(result))  # written last: marks the file done
+        return result
+
+
+# --------------------------------------------------------------------------- worker
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config_dict: dict, cache_root: str) -> None:
+    """Per-process set-up: one thread per worker (the workers are the parallelism).
+
+    OMP_NUM_THREADS must be set before yuface's OpenMP runtime loads, or two workers each
+    spinning two OpenMP threads on two cores run ten times slower.
+    """
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    config = PrepareConfig.from_dict(config_dict)
+    _WORKER["pipeline"] = FacePipeline(config)
+    _WORKER["cache"] = CropCache(cache_root, config)
+
+
+def _init_local(config: PrepareConfig, cache_root: str) -> None:
+    """In-process run: same state as a worker, without touching this process's threads."""
+    _WORKER["pipeline"] = FacePipeline(config)
+    _WORKER["cache"] = CropCache(cache_root, config)
+
+
+def _process_path(path: str) -> FileResult:
+    """One photo through cache or pipeline; never raises for bad input."""
+    pipeline: FacePipeline = _WORKER["pipeline"]
+    cache: CropCache = _WORKER["cache"]
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        reason = "permission denied" if isinstance(exc, PermissionError) else f"cannot be read ({exc.strerror or exc})"
+        return FileResult(path, "unreadable", reason)
+    sha = hashlib.sha256(data).hexdigest()
+    hit = cache.load(sha)
+    if hit is not None:
+        hit.path = path
+        return hit
+    result, crops = _run_pipeline(pipeline, path, data, sha)
+    try:
+        return cache.store(result, crops)
+    except OSError as exc:  # a full or read-only cache must not stop the run
+        log.warning("%s: could not write to the cache %s (%s)", path, cache.dir, exc)
+        return result
+
+
+def _run_pipeline(pipeline: FacePipeline, path: str, data: bytes, sha: str) -> tuple[FileResult, list[np.ndarray]]:
+    from facelab.images import decode_image
+
+    try:
+        rgb = decode_image(data, name=path)
+    except ImageError as exc:
+        return FileResult(path, "unreadable", exc.reason, sha256=sha), []
+    faces = pipeline.detect(rgb)
+    chosen = pipeline.select(faces)
+    result = FileResult(path, "kept", n_faces=len(faces), sha256=sha,
+                        faces=[f.to_dict() for f in chosen])
+    if not faces:
+        result.status, result.reason = "no_face", "no face found"
+    elif not chosen:
+        result.status, result.reason = "several_faces", f"{len(faces)} faces (multi_face=skip)"
+    elif len(faces) > 1:
+        result.reason = f"{len(faces)} faces, kept {'all' if len(chosen) > 1 else 'the largest'}"
+    return result, [pipeline.crop(rgb, f) for f in chosen]
+
+
+def run_files(paths: Sequence[Path | str], config: PrepareConfig, cache_dir: Path | str | None = None,
+              workers: int = 2, progress: bool = True, desc: str = "prepare") -> list[FileResult]:
+    """Run the pipeline over ``paths`` (cached, parallel, with a progress bar), in order."""
+    from tqdm.auto import tqdm
+
+    cache_root = str(CropCache(cache_dir, config).root)
+    todo = [str(p) for p in paths]
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, dynamic_ncols=True)
+    results: list[FileResult] = []
+    try:
+        if workers <= 1 or len(todo) < 8:
+            _init_local(config, cache_root)
+            for p in todo:
+                results.append(_process_path(p))
+                bar.update()
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork" if "torch" not in sys.modules and sys.platform == "linux" else "spawn")
+            chunk = max(1, min(16, len(todo) // (workers * 8)))
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(config.to_dict(), cache_root)) as pool:
+                for r in pool.imap(_process_path, todo, chunksize=chunk):
+                    results.append(r)
+                    bar.update()
+    finally:
+        bar.close()
+    return results
+
+
+# --------------------------------------------------------------------------- table -> cached crops
+
+def prepare_table(table: SampleTable, config: PrepareConfig | dict | None = None,
+                  cache_dir: Path | str | None = None, workers: int = 2, progress: bool = True) -> SampleTable:
+    """The same table with each path replaced by its cached aligned crop.
+
+    Rows without a usable face are dropped and logged. A table read from a folder written
+    by ``facelab prepare`` (``table.prepared`` set) is returned unchanged.
+    """
+    if table.prepared is not None:
+        log.info("%s is already prepared (facelab_prepared.json); using its crops as they are", table.root)
+        return table
+    config = as_config(config)
+    results = run_files(table.paths, config, cache_dir, workers, progress)
+    keep = [i for i, r in enumerate(results) if r.crops]
+    dropped = [r for r in results if not r.crops]
+    for r in dropped[:20]:
+        log.warning("%s: dropped (%s)", r.path, r.reason or r.status)
+    if dropped:
+        counts = Counter(r.status for r in dropped)
+        log.warning("prepare_table: dropped %d of %d photos without a usable face (%s)", len(dropped),
+                    len(results), ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    out = table.subset(keep)
+    out.paths = [Path(results[i].crops[0]) for i in keep]
+    out.prepared = {"config": config.to_dict(), "source": str(table.root), "cache": True}
+    return out
+
+
+# --------------------------------------------------------------------------- whole source -> folder
+
+@dataclass
+class PrepareReport:
+    """The outcome of :func:`prepare`."""
+
+    out: Path
+    counts: dict[str, int]
+    results: list[FileResult]
+    csv_path: Path
+    grid_path: Path | None
+    html_path: Path | None
+    seconds: float
+    table: SampleTable | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.results) / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"{len(self.results)} photos in {self.seconds:.1f}s: kept {c.get('kept', 0)}, "
+                f"no face {c.get('no_face', 0)}, several faces {c.get('several_faces', 0)}, "
+                f"unreadable {c.get('unreadable', 0)} (from cache: {c.get('cached', 0)})")
+
+
+def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | None = None,
+            workers: int = 2, cache_dir: str | Path | None = None, progress: bool = True,
+            report_html: bool = True, grid_size: int = 48) -> PrepareReport:
+    """Detect, align and crop every photo of ``src`` into ``out``, keeping layout and labels.
+
+    ``src`` is anything :func:`facelab.data.load_source` reads. The output is loadable the
+    same way (a CelebA source stays CelebA with its txt files, a folder tree stays a folder
+    tree, a CSV gets a new ``labels.csv``), plus ``facelab_prepared.json`` and a report in
+    ``out/.facelab_report/`` (CSV with a reason per file, a grid of originals next to crops,
+    and an HTML page).
+    """
+    config = as_config(config)
+    out = Path(out).expanduser().resolve()
+    table = load_source(src)
+    if out == table.root or (table.root.is_dir() and out.is_relative_to(table.root) and table.source != "csv"):
+        raise ValueError(f"{out}: the output folder must not be inside the source {table.root}")
+    t0 = time.perf_counter()
+    results = run_files(table.paths, config, cache_dir, workers, progress)
+    rows = _write_outputs(table, results, out, config)
+    seconds = time.perf_counter() - t0
+    counts = dict(Counter(r.status for r in results))
+    counts["cached"] = sum(r.cached for r in results)
+    csv_path = _write_csv(out / REPORT_DIR / "report.csv", results, table.root)
+    grid_path = _write_grid(out / REPORT_DIR / "grid.png", results, grid_size)
+    report = PrepareReport(out, counts, results, csv_path, grid_path, None, seconds)
+    if report_html:
+        report.html_path = _write_html(out / REPORT_DIR / "report.html", report, config, table)
+    write_json(out / PREPARED_MANIFEST, {
+        "format": 1, "config": config.to_dict(), "source": str(table.root), "source_kind": table.source,
+        "counts": counts, "photos": len(results), "rows": rows,
+        "report": {"csv": str(csv_path.relative_to(out)), "grid": str(grid_path.relative_to(out)) if grid_path else None,
+                   "html": str(report.html_path.relative_to(out)) if report.html_path else None},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    log.info("prepare %s -> %s: %s", table.root, out, report.summary())
+    return report
+
+
+def _output_names(table: SampleTable, results: list[FileResult], fmt: str) -> list[list[str]]:
+    """Relative output file names for each row's crops (empty for rejected rows)."""
+    names: list[list[str]] = []
+    for src, r in zip(table.paths, results):
+        if table.source == "celeba":
+            rel = Path(src.parent.name if src.parent.name != "img_celeba" else "img_align_celeba") / src.name
+        elif table.source == "csv":
+            rel = Path("images") / _relative(src, table.root.parent)
+        else:
+            rel = _relative(src, table.root)
+        stem = rel.with_suffix("")
+        names.append([f"{stem}.{fmt}" if i == 0 else f"{stem}_{i}.{fmt}" for i in range(len(r.crops))])
+    return names
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return Path("external") / hashlib.sha1(str(path.parent).encode()).hexdigest()[:8] / path.name
+
+
+def _write_outputs(table: SampleTable, results: list[FileResult], out: Path, config: PrepareConfig) -> int:
+    """Copy crops from the cache into ``out`` and write the label files; returns the row count."""
+    names = _output_names(table, results, config.format)
+    rows: list[tuple[int, str]] = []
+    for i, (r, crop_names) in enumerate(zip(results, names)):
+        for crop, name in zip(r.crops, crop_names):
+            target = out / name
+            if not (target.is_file() and target.stat().st_size == Path(crop).stat().st_size):
+                write_bytes(target, Path(crop).read_bytes())
+            rows.append((i, name))
+    if table.source == "celeba":
+        _write_celeba_labels(table, rows, out)
+    elif table.source == "csv":
+        _write_csv_labels(table, rows, out)
+    return len(rows)
+
+
+def _write_celeba_labels(table: SampleTable, rows: list[tuple[int, str]], out: Path) -> None:
+    lines = [str(len(rows)), " ".join(table.label_names)]
+    ids, parts = [], []
+    split_code = {"train": "0", "valid": "1", "test": "2"}
+    for i, name in rows:
+        fname = Path(name).name
+        lines.append(fname + " " + " ".join("1" if v else "-1" for v in table.labels[i]))
+        if table.identities[i] is not None:
+            ids.append(f"{fname} {table.identities[i]}")
+        if table.splits[i] is not None:
+            parts.append(f"{fname} {split_code[table.splits[i]]}")
+    write_text(out / CELEBA_ATTR_FILE, "\n".join(lines) + "\n")
+    if ids:
+        write_text(out / CELEBA_IDENTITY_FILE, "\n".join(ids) + "\n")
+    if parts:
+        write_text(out / CELEBA_PARTITION_FILE, "\n".join(parts) + "\n")
+
+
+def _write_csv_labels(table: SampleTable, rows: list[tuple[int, str]], out: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    label_cols = table.label_names if table.kind == "attributes" else ["label"]
+    w.writerow(["path", *label_cols, "identity", "split"])
+    for i, name in rows:
+        labels = ([int(v) for v in table.labels[i]] if table.kind == "attributes"
+                  else [table.label_names[int(table.labels[i])]])
+        w.writerow([name, *labels, table.identities[i] or "", table.splits[i] or ""])
+    write_text(out / "labels.csv", buf.getvalue())
+
+
+# --------------------------------------------------------------------------- report
+
+def _write_csv(path: Path, results: list[FileResult], root: Path) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file", "status", "reason", "faces", "crops", "from_cache"])
+    for r in results:
+        w.writerow([r.path, r.status, r.reason, r.n_faces, len(r.crops), int(r.cached)])
+    return write_text(path, buf.getvalue())
+
+
+def _thumb(path: str, side: int) -> np.ndarray | None:
+    """A small RGB thumbnail of an original photo, None when it cannot be read."""
+    import cv2
+
+    try:
+        rgb = read_image(path)
+    except ImageError:
+        return None
+    s = side / max(rgb.shape[:2])
+    return cv2.resize(rgb, (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s))),
+                      interpolation=cv2.INTER_AREA) if s < 1 else rgb
+
+
+def _write_grid(path: Path, results: list[FileResult], per_status: int) -> Path | None:
+    """Originals next to their crops: every reject (up to ``per_status`` per kind) and a
+    sample of kept photos."""
+    from facelab._html import save_grid
+
+    picked: list[FileResult] = []
+    for status in STATUSES:
+        picked += [r for r in results if r.status == status][:per_status]
+    if not picked:
+        return None
+    images, captions = [], []
+    for r in picked:
+        images.append(_thumb(r.path, 256))
+        captions.append(f"{Path(r.path).name}: {r.status}")
+        images.append(read_image(r.crops[0]) if r.crops else None)
+        captions.append("crop" if r.crops else (r.reason or r.status))
+    return save_grid(path, images, captions, cols=8, tile=112)
+
+
+def _write_html(path: Path, report: PrepareReport, config: PrepareConfig, table: SampleTable) -> Path:
+    from facelab._html import escape, img_tag, table as html_table, write_page
+
+    counts = [(k, report.counts.get(k, 0)) for k in (*STATUSES, "cached")]
+    rejects = [(r.path, r.status, r.reason) for r in report.results if r.status != "kept"]
+    sections = [("Counts", html_table(counts, ["status", "photos"])),
+                ("Config", html_table(sorted(config.to_dict().items()), ["option", "value"]))]
+    if report.grid_path:
+        sections.append(("Originals and crops (rejects first)", img_tag(report.grid_path.read_bytes(), "grid")))
+    sections.append((f"Rejected photos ({len(rejects)})",
+                     html_table(rejects, ["file", "status", "reason"]) if rejects else "<p class='ok'>none</p>"))
+    intro = (f"<p>Source <code>{escape(table.root)}</code> ({table.source}), output "
+             f"<code>{escape(report.out)}</code>. {escape(report.summary())}</p>")
+    return write_page(path, "facelab prepare report", sections, intro)
