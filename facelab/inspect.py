@@ -57,7 +57,7 @@ class InspectConfig:
     """Warn when the largest class has this many times the photos of the smallest."""
     rare_rate: float = 0.05
     """Warn about attributes whose positive rate is below this (or above 1 - this)."""
-    shortcut_auc: float = 0.85
+    shortcut_auc: float = 0.9
     """Warn when one image property alone separates a class from the rest this well (ROC AUC)."""
     min_group: int = 8
     """Smallest class (or attribute side) the shortcut check judges."""

@@ -43,4 +43,4 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"      fix: {f.fix}")
         typer.echo(f"report: {report.html}")
         if strict and any(f.severity == "error" for f in report.findings):
-            raise typer.Exit(1)
+            raise SystemExit(1)  # (typer.Exit codes are dropped by standalone_mode=False)
