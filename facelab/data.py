@@ -246,7 +246,7 @@ def _parse_celeba_attrs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return names, files, values
 
 
-def _parse_two_column(path: Path, what: str) -> dict[str, str]:
+def _parse_two_column(path: Path, what: str, valid: Sequence[str] | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
     for lineno, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
@@ -254,6 +254,9 @@ def _parse_two_column(path: Path, what: str) -> dict[str, str]:
         parts = line.split()
         if len(parts) != 2:
             raise DataError(f"{path}, line {lineno}: expected 'FILE {what}', found {line[:80]!r}")
+        if valid is not None and parts[1] not in valid:
+            raise DataError(f"{path}, line {lineno}: {what} values must be {', '.join(valid)}, "
+                            f"found {parts[1]!r}")
         out[parts[0]] = parts[1]
     return out
 
@@ -310,10 +313,7 @@ def load_celeba(root: str | Path, attrs: Sequence[str] | None = None, images: st
     splits: list[str | None] = [None] * len(files)
     part_path = celeba_root / CELEBA_PARTITION_FILE
     if part_path.is_file():
-        parts = _parse_two_column(part_path, "0/1/2")
-        bad = sorted({v for v in parts.values() if v not in _CELEBA_PARTITIONS})
-        if bad:
-            raise DataError(f"{part_path}: partition values must be 0, 1 or 2, found {bad[:3]}")
+        parts = _parse_two_column(part_path, "partition", valid=("0", "1", "2"))
         splits = [_CELEBA_PARTITIONS[parts[f]] if f in parts else None for f in files]
 
     table = SampleTable(
@@ -413,6 +413,9 @@ def load_source(path: str | Path, attrs: Sequence[str] | None = None, **kwargs) 
             table = table.select_attributes(attrs)
     elif find_celeba_root(p.resolve()) is not None:
         table = load_celeba(p, attrs=attrs, **kwargs)
+    elif _looks_like_celeba(p):
+        raise DataError(f"{p / CELEBA_ATTR_FILE}: missing; this folder has the CelebA layout "
+                        f"({', '.join(_celeba_markers(p))}) and its labels come from that file")
     else:
         table = load_folder(p)
         if attrs:
@@ -424,6 +427,16 @@ def load_source(path: str | Path, attrs: Sequence[str] | None = None, **kwargs) 
         table.prepared = json.loads(manifest.read_text(encoding="utf-8"))
     log.info("%s: %d photos, %s %s", table.root, len(table), len(table.label_names), table.kind)
     return table
+
+
+def _celeba_markers(p: Path) -> list[str]:
+    names = (*CELEBA_IMAGE_DIRS, CELEBA_IDENTITY_FILE, CELEBA_PARTITION_FILE)
+    return [n for n in names if (p / n).exists()]
+
+
+def _looks_like_celeba(p: Path) -> bool:
+    """A CelebA root that lost its attribute file (so it is not read as one class per folder)."""
+    return bool(_celeba_markers(p))
 
 
 def _log_skipped(root: Path, skipped: dict[str, int]) -> None:
