@@ -342,10 +342,13 @@ def load_csv(path: str | Path, path_column: str | None = None,
     path = Path(path).resolve()
     if not path.is_file():
         raise DataError(f"{path}: CSV file not found")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        rows = list(reader)
+    try:  # utf-8-sig: Excel writes a byte-order mark before the header
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc}); save the CSV as UTF-8") from exc
     if not header:
         raise DataError(f"{path}, line 1: empty CSV (expected a header with a path column)")
     lower = {h.lower(): h for h in header}
@@ -361,6 +364,11 @@ def load_csv(path: str | Path, path_column: str | None = None,
         raise DataError(f"{path}, line 1: no label column (columns: {header})")
     if not rows:
         raise DataError(f"{path}: the CSV has a header but no rows")
+    raw = [[(r.get(c) or "").strip() for c in lcols] for r in rows]
+    for lineno, (r, vals) in enumerate(zip(rows, raw), start=2):
+        if r.get(pcol) is None or not all(vals):
+            raise DataError(f"{path}, line {lineno}: missing value(s); every row needs a path and "
+                            f"the label column(s) {lcols}")
 
     paths, splits, ids = [], [], []
     for lineno, r in enumerate(rows, start=2):
@@ -375,7 +383,6 @@ def load_csv(path: str | Path, path_column: str | None = None,
             raise DataError(f"{path}, line {lineno}: unknown split {s!r}; use train/valid/test")
         splits.append(_CELEBA_PARTITIONS.get(s, _SPLIT_ALIASES.get(s)) if s else None)
 
-    raw = [[r[c].strip() for c in lcols] for r in rows]
     numeric = all(v in ("0", "1", "-1") for row in raw for v in row)
     if numeric:
         labels = np.array([[v == "1" for v in row] for row in raw], dtype=np.uint8)

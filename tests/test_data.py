@@ -160,6 +160,8 @@ def test_csv_classes_attributes_relative_paths_identity_split(tmp_path: Path, fa
     ("path,label\nimg/x.jpg,cat\nimg/missing.jpg,dog\n", r"line 3: image .*missing.jpg does not exist"),
     ("path,label,split\nimg/x.jpg,cat,holdout\n", r"line 2: unknown split 'holdout'"),
     ("path,a,b\nimg/x.jpg,yes,no\n", r"several label columns"),
+    ("path,label\nimg/x.jpg,cat\nimg/x.jpg\n", r"line 3: missing value"),
+    ("path,label\nimg/x.jpg,\n", r"line 2: missing value"),
 ])
 def test_malformed_csv_names_file_and_line(tmp_path: Path, face: np.ndarray, text: str, message: str) -> None:
     _save(tmp_path / "img" / "x.jpg", face)
@@ -168,6 +170,17 @@ def test_malformed_csv_names_file_and_line(tmp_path: Path, face: np.ndarray, tex
     with pytest.raises(DataError, match=message) as info:
         load_source(path)
     assert str(path) in str(info.value)
+
+
+def test_csv_from_excel_with_bom_and_non_utf8(tmp_path: Path, face: np.ndarray) -> None:
+    _save(tmp_path / "img" / "x.jpg", face)
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("\ufeffpath,label\nimg/x.jpg,café\n".encode("utf-8"))
+    assert load_source(bom).label_names == ["café"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,label\nimg/x.jpg,café\n".encode("latin-1"))
+    with pytest.raises(DataError, match="latin.csv: not a UTF-8 text file"):
+        load_source(latin)
 
 
 def test_load_source_rejects_what_is_not_a_source(tmp_path: Path) -> None:
