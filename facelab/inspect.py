@@ -92,6 +92,8 @@ class Finding:
     message: str
     fix: str = ""
     files: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    """Table rows of the photos concerned (thumbnails in the HTML report)."""
 
 
 @dataclass
@@ -315,11 +317,13 @@ def check_identity_leakage(table: SampleTable) -> tuple[list[Finding], dict]:
 
 def _auc(values: np.ndarray, positive: np.ndarray) -> float:
     """ROC AUC of ``values`` as a score for ``positive`` (ties count half)."""
-    from scipy.stats import rankdata
-
     n1 = int(positive.sum())
     n0 = len(values) - n1
-    ranks = rankdata(values)
+    order = np.argsort(values, kind="mergesort")
+    _, inverse, counts = np.unique(values[order], return_inverse=True, return_counts=True)
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2.0  # tied values share their mean rank
+    ranks = np.empty(len(values))
+    ranks[order] = mid_rank[inverse]
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
@@ -332,7 +336,10 @@ def check_shortcuts(table: SampleTable, stats: Sequence[ImageStats | None], cfg:
         props[f"format={fmt}"] = np.array([float(s.format == fmt) if s is not None else np.nan for s in stats])
     table_aucs: dict[str, dict[str, float]] = {}
     hits: list[str] = []
-    for name, mask in _groups_of_rows(table).items():
+    label_groups = list(_groups_of_rows(table).items())
+    if table.kind == "classes" and len(label_groups) == 2:
+        label_groups = label_groups[1:]  # with two classes, "B vs the rest" already says "A vs B"
+    for name, mask in label_groups:
         pos, neg = mask & ok, ~mask & ok
         if min(pos.sum(), neg.sum()) < cfg.min_group:
             continue
@@ -348,8 +355,8 @@ def check_shortcuts(table: SampleTable, stats: Sequence[ImageStats | None], cfg:
     if not hits:
         return [], table_aucs
     return [Finding("shortcut", "warning",
-                    f"{len(hits)} image propert(y/ies) alone separate labels: a model can learn the lighting, "
-                    f"background or camera instead of the face",
+                    f"{len(hits)} image propert{'y' if len(hits) == 1 else 'ies'} alone tell labels apart: a "
+                    f"model can learn the lighting, background or camera instead of the face",
                     "photograph every class under the same conditions, or reduce the cue: "
                     "facelab prepare's light balancing (CLAHE) and background suppression, colour/brightness "
                     "augmentation, the same file format and size for all", hits)], table_aucs
@@ -390,7 +397,7 @@ def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats 
     labels = table.labels[rows]
     d = np.sqrt(np.maximum(((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1), 0))
     np.fill_diagonal(d, np.inf)
-    suspects = []
+    suspects, where = [], []
     for r in range(len(rows)):
         nn = np.argsort(d[r])[:k]
         votes = Counter(labels[nn].tolist())
@@ -403,10 +410,11 @@ def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats 
             i = rows[r]
             suspects.append(f"{table.paths[i]}: labelled '{table.label_text(i)}', looks like "
                             f"'{table.label_names[other]}' ({n_other} of {k} nearest faces)")
+            where.append(i)
     if not suspects:
         return []
     return [Finding("label-error", "warning", f"{len(suspects)} photo(s) look like another class",
-                    "look at each one and move it to the right folder (or delete it)", suspects)]
+                    "look at each one and move it to the right folder (or delete it)", suspects, where)]
 
 
 def check_label_errors_run(table: SampleTable, run: str, progress: bool = True) -> list[Finding]:
@@ -433,7 +441,7 @@ def check_label_errors_run(table: SampleTable, run: str, progress: bool = True) 
         except ValueError:
             continue
     y = targets_from_table(table, task)
-    suspects = []
+    suspects, where = [], []
     for i in range(len(table)):
         if np.isnan(probs[i]).any():
             continue
@@ -443,10 +451,11 @@ def check_label_errors_run(table: SampleTable, run: str, progress: bool = True) 
             wrong = [task.labels[int(probs[i].argmax())]] if probs[i, int(y[i])] < 0.05 else []
         if wrong:
             suspects.append(f"{table.paths[i]}: labelled '{table.label_text(i)}', model says {wrong}")
+            where.append(i)
     if not suspects:
         return []
     return [Finding("label-error", "warning", f"{len(suspects)} photo(s) where the model confidently disagrees",
-                    "look at each one: a wrong label, or a hard case worth more examples", suspects)]
+                    "look at each one: a wrong label, or a hard case worth more examples", suspects, where)]
 
 
 # --------------------------------------------------------------------------- plots and report
@@ -679,9 +688,14 @@ def _write_html(out: Path, table: SampleTable, cfg: InspectConfig, findings: lis
     if dups:
         sections.append(("Duplicates (leaks across splits first)", _html.img_tag(_dup_grid(table, dups), "duplicates")))
     props = summary["image_properties"]
-    prop_rows = [(n, *[v[p] for p in PROPERTIES], _html.escape(v["formats"])) for n, v in props.items()]
+    prop_rows = [(n, *[v[p] for p in PROPERTIES], ", ".join(f"{k}: {c}" for k, c in v["formats"].items()))
+                 for n, v in props.items()]
     sections.append(("Image properties per label", _html.table(prop_rows, ["label", *PROPERTIES, "formats"])
                      + (_html.img_tag(plots["properties.png"], "properties") if "properties.png" in plots else "")))
+    suspects = [i for f in findings if f.check == "label-error" for i in f.rows][:32]
+    if suspects:
+        sections.append(("Suspected label errors", _html.img_tag(
+            _grid_png(table, suspects, [f"labelled {table.label_text(i)}" for i in suspects]), "label errors")))
     if errors:
         sections.append(("Unreadable files", _html.table([(str(table.paths[i]), r) for i, r in errors.items()],
                                                          ["file", "reason"])))
