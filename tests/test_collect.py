@@ -171,3 +171,19 @@ def test_bad_url_list_and_config_give_clear_errors(tmp_path: Path) -> None:
         read_url_list(bad)
     with pytest.raises(ValueError, match="workers"):
         CollectConfig(workers=0)
+
+
+def test_cli_collect(server: _Server, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{server.base}/p/0.jpg happy\n{server.base}/missing.jpg happy\n")
+    proc = subprocess.run([sys.executable, "-m", "facelab", "collect", str(urls), str(tmp_path / "out"),
+                           "--timeout", "2", "--retries", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: 1  rejected: 1" in proc.stdout and "HTTP 404" in proc.stdout
+    assert len(list((tmp_path / "out" / "happy").glob("*.jpg"))) == 1
+    bad = subprocess.run([sys.executable, "-m", "facelab", "collect", str(tmp_path / "none.txt"),
+                          str(tmp_path / "o2")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "URL list not found" in bad.stderr
