@@ -1,0 +1,763 @@
+"""People: tell specific people apart from a few photos each, verify two faces, say "unknown".
+
+The ``face-embed`` model is dlib's pretrained 128-d face embedding (:mod:`facelab.embed`)
+on the crops of ``facelab prepare``, plus a small trained head:
+
+* ``logreg`` (default): multinomial logistic regression on the embeddings;
+* ``knn``: nearest enrolled photos (no training at all).
+
+Open set: every query's *distance to the nearest enrolled photo* is compared with a
+threshold calibrated on held-out photos: photos of known people the head did not see
+(genuine) and, person by person, photos of a person with that person left out of the
+gallery (impostors: exactly what a stranger looks like to the model). A face farther
+than the threshold is reported as ``unknown``. The threshold and its false-accept /
+false-reject rates are stored in ``bundle.json["open_set"]``.
+
+``facelab enroll`` adds photos (of a new or a known person) to the gallery and refits the
+head in seconds; the embedding network is never retrained, and the distance threshold,
+which does not depend on who is enrolled, stays valid.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from facelab._io import read_json, write_bytes, write_json, write_text
+from facelab.data import DataError, SampleTable
+from facelab.tasks import Task
+
+log = logging.getLogger(__name__)
+
+BACKEND = "face-embed"
+UNKNOWN = "unknown"
+HEADS = ("logreg", "knn")
+BUNDLE_DIR = "bundle"
+_KNN_TEMPERATURE = 0.05  # softmax temperature over per-person distances (knn head)
+
+
+# --------------------------------------------------------------------------- config
+
+@dataclass
+class FaceEmbedConfig:
+    """Settings of the face-embed identity model (read from the TrainConfig where it has them)."""
+
+    head: str = "logreg"
+    """Classifier on the embeddings: ``logreg`` (logistic regression) or ``knn``."""
+    knn_k: int = 3
+    """knn head: the distance to a person is the mean of their ``knn_k`` nearest photos."""
+    C: float = 10.0
+    """logreg head: inverse regularisation strength."""
+    valid_fraction: float = 0.2
+    """Share of each person's photos held out to measure accuracy and calibrate the
+    unknown threshold (people with one photo keep it for training)."""
+    target_far: float | None = None
+    """Calibrate the unknown threshold for this false-accept rate (e.g. 0.01); None picks
+    the threshold with the fewest errors (false accepts + false rejects)."""
+    seed: int = 0
+    """Random seed of the train/valid split."""
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown face-embed head {self.head!r}; valid: {', '.join(HEADS)}")
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+        if self.C <= 0:
+            raise ValueError(f"C must be > 0, got {self.C}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.target_far is not None and not 0.0 <= self.target_far <= 1.0:
+            raise ValueError(f"target_far must be in [0, 1] or None, got {self.target_far}")
+
+    @classmethod
+    def from_train_config(cls, config: Any) -> "FaceEmbedConfig":
+        """Pick the matching fields (same names, or ``face_embed``/``model_kwargs`` dicts)
+        out of the train stage's TrainConfig (or a plain dict)."""
+        if config is None:
+            return cls()
+        if isinstance(config, FaceEmbedConfig):
+            return config
+        src = config if isinstance(config, dict) else vars(config)
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in src.items() if k in names and v is not None}
+        for nested in ("model_kwargs", "face_embed"):
+            extra = src.get(nested) or {}
+            kw.update({k: v for k, v in dict(extra).items() if k in names})
+        for alias in ("val_fraction", "valid_split"):
+            if isinstance(src.get(alias), float):
+                kw.setdefault("valid_fraction", src[alias])
+        return cls(**kw)
+
+
+def _config_dict(config: Any) -> dict:
+    if config is None:
+        return {}
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if is_dataclass(config):
+        return asdict(config)
+    return dict(config)
+
+
+# --------------------------------------------------------------------------- identities
+
+def identity_table(table: SampleTable) -> SampleTable:
+    """The table with one class per person: folder classes as they are, or CelebA-style
+    identities turned into classes (rows without an identity dropped)."""
+    from dataclasses import replace
+
+    if table.kind == "classes":
+        return table
+    if not table.has_identities:
+        raise DataError(f"{table.root}: face-embed needs people as classes (a folder per person) "
+                        f"or an identity column (CelebA identity_CelebA.txt, CSV 'identity')")
+    rows = [i for i, p in enumerate(table.identities) if p is not None]
+    if len(rows) < len(table):
+        log.warning("%s: %d photo(s) without an identity skipped", table.root, len(table) - len(rows))
+    sub = table.subset(rows)
+    names = sorted({str(p) for p in sub.identities})
+    index = {n: i for i, n in enumerate(names)}
+    return replace(sub, kind="classes", label_names=names,
+                   labels=np.array([index[str(p)] for p in sub.identities], dtype=np.int64))
+
+
+def split_per_person(labels: np.ndarray, valid_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out photos: ``valid_fraction`` of each person's photos
+    (rounded, at least one photo of every person stays in training)."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        n = min(int(round(valid_fraction * len(rows))), len(rows) - 1)
+        held[rows[:n]] = True
+    return held
+
+
+def _held_out_mask(table: SampleTable, cfg: FaceEmbedConfig) -> np.ndarray:
+    """Use the source's own split when the same people appear in train and valid/test;
+    a person-disjoint split (CelebA's official one) cannot test recognising known people,
+    so then each person's photos are split instead."""
+    if table.has_splits:
+        split = np.array([s or "train" for s in table.splits])
+        train_people = set(table.labels[split == "train"].tolist())
+        other = table.labels[split != "train"]
+        if len(other) and set(other.tolist()) <= train_people:
+            return split != "train"
+        log.info("%s: the source's split keeps people apart; splitting each person's photos "
+                 "%.0f/%.0f instead", table.root, 100 * (1 - cfg.valid_fraction), 100 * cfg.valid_fraction)
+    return split_per_person(table.labels, cfg.valid_fraction, cfg.seed)
+
+
+# --------------------------------------------------------------------------- heads
+
+@dataclass
+class Gallery:
+    """Enrolled photos: descriptors (N, 128), person index (N,), source file names (N,)."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, embeddings=self.embeddings.astype(np.float32), labels=self.labels.astype(np.int64),
+                 names=np.array(self.names, dtype=str))
+        write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "Gallery":
+        with np.load(path) as z:
+            return cls(z["embeddings"].astype(np.float32), z["labels"].astype(np.int64),
+                       [str(n) for n in z["names"]])
+
+    def add(self, embeddings: np.ndarray, label: int, names: Sequence[str]) -> "Gallery":
+        return Gallery(np.concatenate([self.embeddings, embeddings]).astype(np.float32),
+                       np.concatenate([self.labels, np.full(len(embeddings), label, dtype=np.int64)]),
+                       self.names + list(names))
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, C: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression -> (weight (L, 128), bias (L,)) of a softmax layer."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=C, max_iter=2000).fit(x, y)
+    w = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+    b = np.zeros(n_classes, dtype=np.float32)
+    if len(clf.classes_) == 2:  # sklearn's binary form: one logit z; softmax([-z/2, z/2]) = sigmoid(z)
+        w[clf.classes_] = np.stack([-clf.coef_[0] / 2, clf.coef_[0] / 2])
+        b[clf.classes_] = [-clf.intercept_[0] / 2, clf.intercept_[0] / 2]
+    else:
+        w[clf.classes_] = clf.coef_
+        b[clf.classes_] = clf.intercept_
+    missing = sorted(set(range(n_classes)) - set(clf.classes_.tolist()))
+    if missing:  # a person without photos can never win
+        b[missing] = -1e4
+    return w, b
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def knn_scores(emb: np.ndarray, gallery: Gallery, n_classes: int, k: int) -> np.ndarray:
+    """Per person, the mean distance to their ``k`` nearest enrolled photos: (N, L)."""
+    from facelab.embed import distance
+
+    d = distance(emb, gallery.embeddings)
+    out = np.full((len(emb), n_classes), np.inf, dtype=np.float32)
+    for c in range(n_classes):
+        cols = d[:, gallery.labels == c]
+        if cols.shape[1]:
+            out[:, c] = np.sort(cols, axis=1)[:, :k].mean(axis=1)
+    return out
+
+
+def nearest_distance(emb: np.ndarray, gallery: Gallery, exclude: int | None = None) -> np.ndarray:
+    """Distance from each row of ``emb`` to the nearest enrolled photo (optionally of
+    anyone but person ``exclude``): the open-set score."""
+    from facelab.embed import distance
+
+    keep = gallery.labels != exclude if exclude is not None else slice(None)
+    return distance(emb, gallery.embeddings[keep]).min(axis=1)
+
+
+# --------------------------------------------------------------------------- open set
+
+@dataclass
+class Calibration:
+    """An accept/reject distance threshold and its error rates on held-out photos."""
+
+    threshold: float
+    far: float
+    """False-accept rate: share of impostor faces (unknown people) at or under the threshold."""
+    frr: float
+    """False-reject rate: share of genuine faces (known people) over the threshold."""
+    genuine: int
+    impostor: int
+    calibrated: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, target_far: float | None = None,
+                        default: float = 0.6) -> Calibration:
+    """The distance threshold separating genuine from impostor distances.
+
+    ``target_far``: the largest threshold whose false-accept rate is at most this;
+    None: the threshold with the fewest false accepts + false rejects (ties: lower FAR).
+    Without both kinds of scores, ``default`` is returned uncalibrated.
+    """
+    g = np.sort(np.asarray(genuine, dtype=np.float64))
+    imp = np.sort(np.asarray(impostor, dtype=np.float64))
+    if not len(g) or not len(imp):
+        log.warning("no held-out %s photos to calibrate the unknown threshold; using dlib's %.2f",
+                    "genuine" if not len(g) else "impostor", default)
+        far = float(np.mean(imp <= default)) if len(imp) else float("nan")
+        frr = float(np.mean(g > default)) if len(g) else float("nan")
+        return Calibration(default, far, frr, len(g), len(imp), calibrated=False)
+    values = np.unique(np.concatenate([g, imp]))
+    cands = np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]])
+    far = np.searchsorted(imp, cands, side="right") / len(imp)
+    frr = 1.0 - np.searchsorted(g, cands, side="right") / len(g)
+    if target_far is None:
+        # Fewest errors, then fewest false accepts; within that range (often a gap between
+        # the two score clouds), its middle, so neither side is shaved to the bone.
+        err = far + frr
+        tied = np.flatnonzero(np.isclose(err, err.min()))
+        tied = tied[np.isclose(far[tied], far[tied].min())]
+        best = int(tied[len(tied) // 2])
+    else:
+        ok = np.flatnonzero(far <= target_far)
+        best = int(ok[-1]) if len(ok) else 0
+    return Calibration(float(cands[best]), float(far[best]), float(frr[best]), len(g), len(imp))
+
+
+def open_set_scores(gallery: Gallery, held_emb: np.ndarray, held_labels: np.ndarray,
+                    n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor distances for calibration.
+
+    Genuine: held-out photos of known people vs the whole gallery. Impostor: for each
+    person, all their photos (gallery and held-out) vs the gallery without that person.
+    """
+    genuine = nearest_distance(held_emb, gallery) if len(held_emb) else np.zeros(0)
+    impostor = []
+    for c in range(n_classes):
+        own = np.concatenate([gallery.embeddings[gallery.labels == c], held_emb[held_labels == c]])
+        if len(own) and np.any(gallery.labels != c):
+            impostor.append(nearest_distance(own, gallery, exclude=c))
+    return genuine, (np.concatenate(impostor) if impostor else np.zeros(0))
+
+
+def pair_scores(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All same-person and different-person pair distances among ``emb`` (verification)."""
+    from facelab.embed import distance
+
+    d = distance(emb, emb)
+    iu = np.triu_indices(len(emb), k=1)
+    same = labels[iu[0]] == labels[iu[1]]
+    return d[iu][same], d[iu][~same]
+
+
+# --------------------------------------------------------------------------- the model
+
+@dataclass
+class IdentityModel:
+    """Head + gallery + open-set threshold: everything the face-embed backend predicts with."""
+
+    labels: list[str]
+    gallery: Gallery
+    head: str = "logreg"
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    knn_k: int = 3
+    threshold: float = 0.6
+
+    @classmethod
+    def fit(cls, labels: Sequence[str], gallery: Gallery, cfg: FaceEmbedConfig,
+            threshold: float = 0.6) -> "IdentityModel":
+        model = cls(list(labels), gallery, cfg.head, knn_k=cfg.knn_k, threshold=threshold)
+        if cfg.head == "logreg":
+            model.weight, model.bias = fit_logreg(gallery.embeddings, gallery.labels, len(labels), cfg.C)
+        return model
+
+    def probs(self, emb: np.ndarray) -> np.ndarray:
+        """Probabilities over the known people, (N, L) float32."""
+        if len(emb) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        if self.head == "logreg":
+            return _softmax(emb @ self.weight.T + self.bias)
+        scores = knn_scores(emb, self.gallery, len(self.labels), self.knn_k)
+        return _softmax(-np.where(np.isfinite(scores), scores, 1e3) / _KNN_TEMPERATURE)
+
+    def identify(self, emb: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Names (``unknown`` beyond the threshold), probabilities (N, L), nearest distances (N,)."""
+        probs = self.probs(emb)
+        dist = nearest_distance(emb, self.gallery) if len(emb) else np.zeros(0, dtype=np.float32)
+        names = [self.labels[int(i)] if d <= self.threshold else UNKNOWN
+                 for i, d in zip(probs.argmax(axis=1), dist)]
+        return names, probs, dist
+
+
+def _embed_table(table: SampleTable, prepare_config: Any, progress: bool) -> tuple[SampleTable, np.ndarray, dict]:
+    """Prepare (cached) and embed every photo of ``table``: (table of crops, (N, 128), prepare dict)."""
+    from facelab.embed import embed_paths, template_landmarks
+    from facelab.prepare import as_config, prepare_table
+
+    if table.prepared is not None:
+        prep = as_config(table.prepared.get("config"))
+        crops = table
+    else:
+        prep = as_config(prepare_config)
+        crops = prepare_table(table, prep, progress=progress)
+    if len(crops) == 0:
+        raise DataError(f"{table.root}: no face found in any photo; check the photos or try "
+                        f"another detector (facelab prepare --detector ...)")
+    emb = embed_paths(crops.paths, template_landmarks(prep), progress=progress)
+    return crops, emb, prep.to_dict()
+
+
+def train_face_embed(table: SampleTable, config: Any = None, run_dir: str | Path = "runs/face-embed",
+                     progress: bool = True) -> Path:
+    """Train the face-embed identity model on ``table`` (a folder per person, or a source
+    with identities) and write a run folder (config.json, metrics.csv, bundle/).
+
+    Args:
+        table: the photos (raw or prepared); people = classes (or identities).
+        config: the train stage's TrainConfig (seed, prepare config, head options are
+            read from it, see :meth:`FaceEmbedConfig.from_train_config`), a
+            FaceEmbedConfig, or None for the defaults.
+        run_dir: the run folder to write.
+    Returns:
+        ``run_dir``.
+    """
+    t0 = time.perf_counter()
+    cfg = FaceEmbedConfig.from_train_config(config)
+    run_dir = Path(run_dir)
+    people = identity_table(table)
+    if len(people.label_names) < 2:
+        raise DataError(f"{table.root}: face-embed needs at least 2 people (found "
+                        f"{people.label_names}); to compare two photos use `facelab verify`")
+    crops, emb, prep = _embed_table(people, getattr(config, "prepare", None), progress)
+    labels = crops.labels
+    held = _held_out_mask(crops, cfg)
+    names = [str(p) for p in crops.paths]
+    gallery = Gallery(emb[~held], labels[~held], [n for n, h in zip(names, held) if not h])
+    genuine, impostor = open_set_scores(gallery, emb[held], labels[held], len(people.label_names))
+    cal = calibrate_threshold(genuine, impostor, cfg.target_far)
+    same, diff = pair_scores(emb, labels)
+    pair = calibrate_threshold(same, diff, None)
+    model = IdentityModel.fit(people.label_names, gallery, cfg, cal.threshold)
+    metrics = _metrics(model, emb, labels, held)
+    metrics.update(far=cal.far, frr=cal.frr, threshold=cal.threshold)
+    seconds = time.perf_counter() - t0
+    bundle = _bundle_dict(model, prep, cal, pair, cfg, run_dir, len(crops) / max(seconds, 1e-9))
+    bundle["train"]["metrics"] = metrics
+    _write_run(run_dir, config, cfg, model, bundle, metrics)
+    _save_calibration_plot(run_dir / "open_set.png", genuine, impostor, cal)
+    log.info("face-embed: %d people, %d photos; valid accuracy %.3f; unknown threshold %.3f "
+             "(FAR %.3f, FRR %.3f); %s", len(model.labels), len(crops), metrics["valid_acc"],
+             cal.threshold, cal.far, cal.frr, run_dir)
+    return run_dir
+
+
+def _metrics(model: IdentityModel, emb: np.ndarray, labels: np.ndarray, held: np.ndarray) -> dict:
+    out: dict[str, float] = {}
+    for name, mask in (("train", ~held), ("valid", held)):
+        if mask.any():
+            probs = np.clip(model.probs(emb[mask]), 1e-7, 1.0)
+            y = labels[mask]
+            out[f"{name}_loss"] = float(-np.log(probs[np.arange(len(y)), y]).mean())
+            out[f"{name}_acc"] = float((probs.argmax(1) == y).mean())
+        else:
+            out[f"{name}_loss"] = out[f"{name}_acc"] = float("nan")
+    return out
+
+
+def _bundle_dict(model: IdentityModel, prep: dict, cal: Calibration, pair: Calibration,
+                 cfg: FaceEmbedConfig, run_dir: Path, images_per_second: float) -> dict:
+    from facelab.embed import EMBEDDING_DIM, EMBEDDING_ID
+
+    return {
+        "format": 1,
+        "model": {"backend": BACKEND, "name": EMBEDDING_ID, "head": model.head,
+                  "kwargs": {"knn_k": cfg.knn_k, "C": cfg.C}, "embedding_dim": EMBEDDING_DIM,
+                  "files": {"head": "weights.pt", "gallery": "gallery.npz"}},
+        "task": Task("multiclass", tuple(model.labels)).to_dict(),
+        "input": {"size": prep["size"], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                  "note": "crops go to dlib's embedding, which normalises itself"},
+        "prepare": prep,
+        "open_set": {"threshold": cal.threshold, "unknown_label": UNKNOWN,
+                     "score": "euclidean distance to the nearest enrolled photo; above threshold -> unknown",
+                     **{k: v for k, v in cal.to_dict().items() if k != "threshold"},
+                     "verify_threshold": pair.threshold, "verify_far": pair.far, "verify_frr": pair.frr},
+        "people": {"photos": _photo_counts(model)},
+        "train": {"run": str(run_dir), "epochs": 0, "images_per_second": round(images_per_second, 2)},
+    }
+
+
+def _photo_counts(model: IdentityModel) -> dict[str, int]:
+    counts = np.bincount(model.gallery.labels, minlength=len(model.labels))
+    return {name: int(n) for name, n in zip(model.labels, counts)}
+
+
+def _save_head(path: Path, model: IdentityModel) -> None:
+    """The head as a state_dict of ``nn.Linear(128, L)`` (zeros for the knn head)."""
+    import torch
+
+    from facelab._io import save_torch
+    from facelab.embed import EMBEDDING_DIM
+
+    n = len(model.labels)
+    w = model.weight if model.weight is not None else np.zeros((n, EMBEDDING_DIM), np.float32)
+    b = model.bias if model.bias is not None else np.zeros(n, np.float32)
+    save_torch(path, {"weight": torch.from_numpy(np.asarray(w, np.float32)),
+                      "bias": torch.from_numpy(np.asarray(b, np.float32))})
+
+
+def _write_run(run_dir: Path, config: Any, cfg: FaceEmbedConfig, model: IdentityModel,
+               bundle: dict, metrics: dict) -> None:
+    bdir = run_dir / BUNDLE_DIR
+    bdir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {**_config_dict(config), "model": BACKEND, "face_embed": asdict(cfg)})
+    row = {"epoch": 1, **metrics}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(row))
+    writer.writeheader()
+    writer.writerow(row)
+    write_text(run_dir / "metrics.csv", buf.getvalue())
+    _save_head(bdir / bundle["model"]["files"]["head"], model)
+    model.gallery.save(bdir / bundle["model"]["files"]["gallery"])
+    write_json(bdir / "bundle.json", bundle)  # last: the bundle is complete when this exists
+
+
+def _save_calibration_plot(path: Path, genuine: np.ndarray, impostor: np.ndarray, cal: Calibration) -> None:
+    """Histogram of genuine vs impostor distances with the threshold: where a person would look."""
+    if not len(genuine) and not len(impostor):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    bins = np.linspace(0, max(1.0, float(np.max(np.concatenate([genuine, impostor])))), 40)
+    ax.hist(genuine, bins=bins, alpha=0.6, label=f"known people, held out ({len(genuine)})", density=True)
+    ax.hist(impostor, bins=bins, alpha=0.6, label=f"people left out ({len(impostor)})", density=True)
+    ax.axvline(cal.threshold, color="k", ls="--", label=f"threshold {cal.threshold:.3f}")
+    ax.set_xlabel("distance to the nearest enrolled photo")
+    ax.set_title(f"unknown threshold: FAR {cal.far:.1%}, FRR {cal.frr:.1%}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- predictor
+
+def resolve_bundle_dir(run: str | Path) -> Path:
+    """A run folder or its bundle folder -> the bundle folder (with a clear error)."""
+    run = Path(run)
+    for cand in (run, run / BUNDLE_DIR):
+        if (cand / "bundle.json").is_file():
+            return cand
+    raise FileNotFoundError(f"{run}: no bundle.json here or in {run / BUNDLE_DIR}; pass a run folder "
+                            f"written by `facelab train ... --model face-embed`")
+
+
+@dataclass
+class PersonPrediction:
+    """One face in a photo: the detection, the probabilities over known people, the crop,
+    the decided name (``unknown`` beyond the threshold) and its nearest-photo distance."""
+
+    face: Any
+    probs: np.ndarray
+    crop: np.ndarray
+    name: str = UNKNOWN
+    distance: float = float("nan")
+
+    @property
+    def known(self) -> bool:
+        return self.name != UNKNOWN
+
+
+class EmbeddingPredictor:
+    """The ``face-embed`` backend of ``facelab.load``: same interface as the CNN predictor,
+    plus :meth:`identify_crops` for open-set names."""
+
+    def __init__(self, bundle_dir: Path, bundle: dict, model: IdentityModel) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.bundle = bundle
+        self.model = model
+        self.task = Task.from_dict(bundle["task"])
+        self.labels = list(self.task.labels)
+        self.open_set = dict(bundle.get("open_set") or {})
+        self.unknown_label = self.open_set.get("unknown_label", UNKNOWN)
+        self._pipeline = None
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, bundle_dict: dict | None = None) -> "EmbeddingPredictor":
+        bundle_dir = Path(bundle_dir)
+        bundle = bundle_dict if bundle_dict is not None else read_json(bundle_dir / "bundle.json")
+        m = bundle["model"]
+        if m.get("backend") != BACKEND:
+            raise ValueError(f"{bundle_dir}: backend is {m.get('backend')!r}, not {BACKEND!r}")
+        gallery = Gallery.load(bundle_dir / m["files"]["gallery"])
+        weight, bias = _load_head(bundle_dir / m["files"]["head"]) if m["head"] == "logreg" else (None, None)
+        model = IdentityModel(list(bundle["task"]["labels"]), gallery, m["head"], weight, bias,
+                              int(m.get("kwargs", {}).get("knn_k", 3)),
+                              float(bundle.get("open_set", {}).get("threshold", 0.6)))
+        return cls(bundle_dir, bundle, model)
+
+    @property
+    def threshold(self) -> float:
+        return self.model.threshold
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        from facelab.embed import embed_crops, template_landmarks
+
+        return embed_crops(crops, template_landmarks(self.bundle.get("prepare")))
+
+    def predict_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Aligned crops -> probabilities over the known people, float32 (N, L)."""
+        return self.model.probs(self.embed_crops(crops))
+
+    def identify_crops(self, crops: Sequence[np.ndarray]) -> list[str]:
+        """Aligned crops -> names; ``unknown`` when the nearest enrolled photo is farther
+        than the calibrated threshold."""
+        return self.model.identify(self.embed_crops(crops))[0]
+
+    def predict_image(self, image: np.ndarray | str | Path) -> list[PersonPrediction]:
+        """A photo (RGB array or path) -> one prediction per face, through the bundle's
+        face preparation."""
+        from facelab.images import read_image
+        from facelab.prepare import FacePipeline
+
+        if self._pipeline is None:
+            self._pipeline = FacePipeline(self.bundle.get("prepare"))
+        rgb = read_image(image) if isinstance(image, (str, Path)) else image
+        faces = self._pipeline.process(rgb)
+        if not faces:
+            return []
+        names, probs, dist = self.model.identify(self.embed_crops([f.crop for f in faces]))
+        return [PersonPrediction(f.face, p, f.crop, n, float(d))
+                for f, p, n, d in zip(faces, probs, names, dist)]
+
+
+def _load_head(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["weight"].numpy(), state["bias"].numpy()
+
+
+def load(run: str | Path) -> EmbeddingPredictor:
+    """The face-embed predictor of a run (or bundle) folder."""
+    return EmbeddingPredictor.from_bundle(resolve_bundle_dir(run))
+
+
+# --------------------------------------------------------------------------- verify
+
+@dataclass
+class VerifyResult:
+    """Are two photos the same person?"""
+
+    same: bool
+    distance: float
+    threshold: float
+    threshold_source: str
+    """``dlib default`` (0.6) or the run whose calibrated threshold was used."""
+
+    def summary(self) -> str:
+        verdict = "SAME person" if self.same else "DIFFERENT people"
+        return (f"{verdict}: distance {self.distance:.3f} {'<=' if self.same else '>'} "
+                f"threshold {self.threshold:.3f} ({self.threshold_source})")
+
+
+def verify(a: str | Path | np.ndarray, b: str | Path | np.ndarray, run: str | Path | None = None,
+           threshold: float | None = None, prepare_config: Any = None) -> VerifyResult:
+    """Decide whether photos ``a`` and ``b`` show the same person.
+
+    The largest face of each photo is embedded; same person when the distance is at most
+    ``threshold`` (default: the pair threshold calibrated in ``run``, else dlib's 0.6).
+    """
+    from facelab.embed import DLIB_SAME_PERSON_DISTANCE, distance, embed_images
+
+    source = "dlib default"
+    value = DLIB_SAME_PERSON_DISTANCE
+    if run is not None:
+        bundle = read_json(resolve_bundle_dir(run) / "bundle.json")
+        prepare_config = prepare_config or bundle.get("prepare")
+        if "verify_threshold" in bundle.get("open_set", {}):
+            value, source = float(bundle["open_set"]["verify_threshold"]), f"calibrated in {run}"
+    if threshold is not None:
+        value, source = float(threshold), "given"
+    from facelab.images import read_image
+
+    images = [read_image(x) if isinstance(x, (str, Path)) else x for x in (a, b)]  # ImageError says why
+    emb, found = embed_images(images, prepare_config)
+    for img, ok in zip((a, b), found):
+        if not ok:
+            name = img if isinstance(img, (str, Path)) else "image"
+            raise ValueError(f"{name}: no face found; use a photo where the face is visible, "
+                             f"roughly frontal and at least ~40 px wide")
+    d = float(distance(emb[:1], emb[1:])[0, 0])
+    return VerifyResult(d <= value, d, value, source)
+
+
+# --------------------------------------------------------------------------- enroll
+
+@dataclass
+class EnrollReport:
+    """What ``enroll`` did."""
+
+    person: str
+    added: int
+    skipped: list[str] = field(default_factory=list)
+    new_person: bool = False
+    people: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        what = "new person" if self.new_person else "known person"
+        skipped = f"; skipped {len(self.skipped)} photo(s) without a face" if self.skipped else ""
+        return (f"enrolled {self.added} photo(s) of {self.person!r} ({what}); the run now knows "
+                f"{self.people} people{skipped} ({self.seconds:.1f} s)")
+
+
+def enroll(run: str | Path, person: str, photos: Sequence[str | Path], progress: bool = False) -> EnrollReport:
+    """Add ``photos`` of ``person`` (new or already known) to a face-embed run.
+
+    The photos are embedded, added to the gallery, and the head is refitted on the whole
+    gallery (seconds). The unknown threshold (a distance) stays as calibrated. The bundle
+    is updated atomically: new head/gallery files first, bundle.json last, old files then
+    removed; a stale ``model.onnx`` is removed (re-run ``facelab export``).
+    """
+    from facelab.embed import embed_images
+
+    t0 = time.perf_counter()
+    person = person.strip()
+    if not person or person == UNKNOWN:
+        raise ValueError(f"invalid person name {person!r}: must be non-empty and not {UNKNOWN!r}")
+    bdir = resolve_bundle_dir(run)
+    predictor = EmbeddingPredictor.from_bundle(bdir)
+    photos = [Path(p) for p in photos]
+    if not photos:
+        raise ValueError("no photos given: pass one or more photo files of the person")
+    emb, found = embed_images(photos, predictor.bundle.get("prepare"), progress=progress)
+    skipped = [str(p) for p, ok in zip(photos, found) if not ok]
+    if not found.any():
+        raise ValueError(f"no face found in any of the {len(photos)} photo(s) of {person!r}; "
+                         f"nothing enrolled")
+    model = predictor.model
+    new_person = person not in model.labels
+    labels = model.labels + [person] if new_person else list(model.labels)
+    gallery = model.gallery.add(emb[found], labels.index(person), [str(p) for p, ok in zip(photos, found) if ok])
+    m = predictor.bundle["model"]
+    cfg = FaceEmbedConfig(head=m["head"], knn_k=int(m["kwargs"].get("knn_k", 3)), C=float(m["kwargs"].get("C", 10.0)))
+    new_model = IdentityModel.fit(labels, gallery, cfg, model.threshold)
+    _write_enrolled(bdir, predictor.bundle, new_model)
+    return EnrollReport(person, int(found.sum()), skipped, new_person, len(labels), time.perf_counter() - t0)
+
+
+def _write_enrolled(bdir: Path, bundle: dict, model: IdentityModel) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.perf_counter_ns() % 100000:05d}"
+    old = dict(bundle["model"]["files"])
+    files = {"head": f"weights-{stamp}.pt", "gallery": f"gallery-{stamp}.npz"}
+    _save_head(bdir / files["head"], model)
+    model.gallery.save(bdir / files["gallery"])
+    new = dict(bundle)
+    new["model"] = {**bundle["model"], "files": files}
+    new["task"] = Task("multiclass", tuple(model.labels)).to_dict()
+    new["people"] = {**bundle.get("people", {}), "photos": _photo_counts(model)}
+    write_json(bdir / "bundle.json", new)
+    for name in old.values():
+        if name not in files.values():
+            (bdir / name).unlink(missing_ok=True)
+    onnx = bdir / "model.onnx"
+    if onnx.exists():
+        onnx.unlink()
+        log.warning("%s removed: it predates the enrolment; run `facelab export` again", onnx)
+
+
+# --------------------------------------------------------------------------- export
+
+def export_onnx(bundle_dir: str | Path, out_path: str | Path) -> Path:
+    """Export the logreg head as ONNX: input ``embedding`` float32 (N, 128) -> output
+    ``probs`` float32 (N, L).
+
+    The embedding itself stays dlib (not ONNX-exportable): an ONNX runtime must compute
+    dlib descriptors first (``facelab.embed.embed_crops``). The knn head and the open-set
+    rule (``bundle.json["open_set"]``) need the gallery and are not in the graph.
+    """
+    import torch
+
+    from facelab._io import atomic_path
+
+    bdir = resolve_bundle_dir(bundle_dir)
+    bundle = read_json(bdir / "bundle.json")
+    m = bundle["model"]
+    if m.get("head") != "logreg":
+        raise ValueError(f"{bdir}: ONNX export supports the logreg head only (this run uses "
+                         f"{m.get('head')!r}); retrain with head=logreg or predict with `facelab predict`")
+    weight, bias = _load_head(bdir / m["files"]["head"])
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weight))
+        layer.bias.copy_(torch.from_numpy(bias))
+    net = torch.nn.Sequential(layer, torch.nn.Softmax(dim=1)).eval()
+    with atomic_path(out_path) as tmp:
+        torch.onnx.export(net, torch.zeros(1, weight.shape[1]), str(tmp), input_names=["embedding"],
+                          output_names=["probs"], dynamic_axes={"embedding": {0: "n"}, "probs": {0: "n"}},
+                          opset_version=17, dynamo=False)
+    return Path(out_path)
