@@ -48,10 +48,7 @@ def _plant(root: Path, celeba_mini: Path) -> dict[str, Path]:
     img = Image.open(src)
     img.resize((img.width * 4 // 5, img.height * 4 // 5)).save(leak, quality=70)
     # 2. one class photographed in the dark
-    for f in (root / "train" / "ben").glob("*.jpg"):
-        dark = (np.asarray(Image.open(f)).astype(np.float32) * 0.5).astype(np.uint8)
-        Image.fromarray(dark).save(f, quality=95)
-    for f in (root / "valid" / "ben").glob("*.jpg"):
+    for f in root.glob("*/ben/*.jpg"):
         dark = (np.asarray(Image.open(f)).astype(np.float32) * 0.5).astype(np.uint8)
         Image.fromarray(dark).save(f, quality=95)
     # 3. a photo of somebody else filed under anna
