@@ -1,0 +1,284 @@
+"""Classification metrics as plain numpy functions, driven by :class:`facelab.tasks.Task`.
+
+No torch and no scikit-learn: every number in an evaluation report comes from a short
+function here that a reader can check by hand (``tests/test_metrics.py`` does).
+
+Conventions: ``probs`` is (N, len(task.labels)) as every predictor returns it; targets are
+class indices (N,) for binary/multiclass and a 0/1 matrix (N, L) for multilabel
+(:func:`facelab.tasks.targets_from_table`).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from facelab.tasks import Task
+
+THRESHOLD_METRICS = ("balanced_accuracy", "accuracy", "f1")
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts (n_classes, n_classes): rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return cm
+
+
+def per_class_prf(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class from a confusion matrix.
+
+    A class never predicted has precision NaN (undefined), never present: recall NaN.
+    """
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(0).astype(np.float64), cm.sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, NAN)
+        recall = np.where(support > 0, tp / support, NAN)
+        f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), NAN)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+
+
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean recall over the classes that occur (chance level = 1 / number of classes)."""
+    recall = per_class_prf(cm)["recall"]
+    recall = recall[~np.isnan(recall)]
+    return float(recall.mean()) if recall.size else NAN
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for the 0/1 labels ``y_true``.
+
+    The Mann-Whitney form: the probability that a random positive scores higher than a
+    random negative, ties counting one half. NaN when only one class is present.
+    """
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return NAN
+    ranks = _average_ranks(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    ranks = np.empty(len(x), np.float64)
+    start = 0
+    for end in range(1, len(x) + 1):
+        if end == len(x) or sorted_x[end] != sorted_x[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2.0
+            start = end
+    return ranks
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every distinct threshold (for plotting)."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, np.float64)
+    thresholds = np.r_[np.inf, np.unique(s)[::-1]]
+    tpr = np.array([(s[y] >= t).mean() if y.any() else NAN for t in thresholds])
+    fpr = np.array([(s[~y] >= t).mean() if (~y).any() else NAN for t in thresholds])
+    return fpr, tpr
+
+
+def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy, precision, recall, F1 (positive class) and ROC-AUC."""
+    cm = confusion_matrix(y_true, y_pred, 2)
+    prf = per_class_prf(cm)
+    return {"accuracy": float(np.trace(cm) / max(cm.sum(), 1)), "balanced_accuracy": balanced_accuracy(cm),
+            "precision": float(prf["precision"][1]), "recall": float(prf["recall"][1]),
+            "f1": float(prf["f1"][1]), "auc": roc_auc(y_true, score)}
+
+
+def majority_baseline(y_true: np.ndarray, y_reference: np.ndarray | None = None) -> tuple[int, float]:
+    """The class most frequent in ``y_reference`` (training labels; default ``y_true``) and the
+    accuracy of always predicting it on ``y_true``. Balanced accuracy of this baseline is
+    1 / number of classes present."""
+    ref = np.asarray(y_true if y_reference is None or len(y_reference) == 0 else y_reference, np.int64)
+    majority = int(np.bincount(ref).argmax())
+    return majority, float((np.asarray(y_true) == majority).mean())
+
+
+# --------------------------------------------------------------------------- thresholds
+
+def tune_threshold(y_true: np.ndarray, score: np.ndarray, metric: str = "balanced_accuracy") -> float:
+    """The decision threshold on ``score`` that maximises ``metric`` on these labels.
+
+    Candidates are midpoints between consecutive distinct scores (plus 0.5); ties go to
+    the candidate closest to 0.5, so a flat metric keeps the default threshold.
+    """
+    if metric not in THRESHOLD_METRICS:
+        raise ValueError(f"unknown threshold metric {metric!r}; valid: {', '.join(THRESHOLD_METRICS)}")
+    y = np.asarray(y_true).astype(np.int64)
+    s = np.asarray(score, np.float64)
+    if len(np.unique(y)) < 2:
+        return 0.5
+    u = np.unique(s)
+    candidates = np.unique(np.r_[0.5, (u[1:] + u[:-1]) / 2, u[0] - 1e-6, u[-1] + 1e-6])
+    values = np.array([binary_metrics(y, (s >= t).astype(np.int64), s)[metric] for t in candidates])
+    best = np.flatnonzero(values >= values.max() - 1e-12)
+    t = candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]]
+    return float(np.clip(t, 0.0, 1.0))
+
+
+def tune_thresholds(task: Task, probs: np.ndarray, targets: np.ndarray,
+                    metric: str = "balanced_accuracy") -> tuple[float, ...]:
+    """Per-output thresholds for ``task`` tuned on (validation) predictions; () for multiclass."""
+    probs = np.asarray(probs)
+    if task.kind == "multiclass":
+        return ()
+    if task.kind == "binary":
+        return (tune_threshold(targets, probs[:, 1], metric),)
+    return tuple(tune_threshold(targets[:, j], probs[:, j], metric) for j in range(len(task.labels)))
+
+
+# --------------------------------------------------------------------------- calibration
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Reliability diagram data and expected calibration error (ECE).
+
+    ``confidence``: the probability the model gave to its decision; ``correct``: whether
+    the decision was right. Equal-width bins over [0, 1]; ECE = sum over bins of
+    (bin size / N) * |accuracy - mean confidence|.
+    """
+    conf = np.asarray(confidence, np.float64).ravel()
+    ok = np.asarray(correct, np.float64).ravel()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(idx, ok, bins) / count
+        mean_conf = np.bincount(idx, conf, bins) / count
+    gaps = np.where(count > 0, np.abs(acc - mean_conf), 0.0)
+    ece = float((count * gaps).sum() / max(len(conf), 1))
+    return {"edges": edges.tolist(), "count": count.tolist(), "accuracy": _nan_list(acc),
+            "confidence": _nan_list(mean_conf), "ece": ece}
+
+
+def decision_confidence(task: Task, probs: np.ndarray) -> np.ndarray:
+    """Probability of the decision taken: max softmax (multiclass), else p or 1 - p per output."""
+    probs = np.asarray(probs, np.float64)
+    if task.kind == "multiclass":
+        return probs.max(1)
+    p = probs[:, 1:] if task.kind == "binary" else probs
+    decided = task.decide(probs).reshape(p.shape).astype(bool)
+    return np.where(decided, p, 1 - p)
+
+
+# --------------------------------------------------------------------------- subgroups
+
+def subgroup_accuracy(correct: np.ndarray, groups: Sequence[Any], min_count: int = 1) -> dict[str, Any]:
+    """Accuracy per group value and the worst-minus-best gap.
+
+    ``correct``: (N,) or (N, L) booleans (multilabel: the mean over attributes per photo).
+    Groups with fewer than ``min_count`` photos are listed but left out of the gap.
+    """
+    ok = np.asarray(correct, np.float64)
+    ok = ok.mean(1) if ok.ndim == 2 else ok
+    g = np.asarray([str(v) for v in groups])
+    rows = {v: {"n": int((g == v).sum()), "accuracy": float(ok[g == v].mean())} for v in sorted(set(g))}
+    counted = [r["accuracy"] for r in rows.values() if r["n"] >= min_count]
+    gap = float(min(counted) - max(counted)) if len(counted) >= 2 else NAN
+    worst = min((v for v in rows if rows[v]["n"] >= min_count), key=lambda v: rows[v]["accuracy"], default=None)
+    return {"groups": rows, "gap": gap, "worst": worst}
+
+
+# --------------------------------------------------------------------------- the whole set
+
+def evaluate_predictions(task: Task, probs: np.ndarray, targets: np.ndarray,
+                         train_targets: np.ndarray | None = None, bins: int = 10) -> dict[str, Any]:
+    """Every metric of a prediction set, as a JSON-ready dict.
+
+    Binary / multiclass: accuracy, balanced accuracy, per-class precision/recall/F1,
+    ROC-AUC (binary: of p; multiclass: mean one-vs-rest), confusion matrix, majority
+    baseline. Multilabel: the same per attribute plus the mean over attributes.
+    Always: reliability bins and ECE.
+    """
+    probs = np.asarray(probs, np.float64)
+    targets = np.asarray(targets)
+    _check_shapes(task, probs, targets)
+    decisions = task.decide(probs)
+    correct = decisions == targets
+    out = (_multilabel(task, probs, targets, decisions, train_targets) if task.kind == "multilabel"
+           else _single_label(task, probs, targets, decisions, train_targets))
+    out["n"] = int(len(probs))
+    out["task"] = task.to_dict()
+    out["calibration"] = reliability(decision_confidence(task, probs), correct, bins)
+    out["ece"] = out["calibration"]["ece"]
+    return out
+
+
+def _check_shapes(task: Task, probs: np.ndarray, targets: np.ndarray) -> None:
+    if probs.ndim != 2 or probs.shape[1] != len(task.labels):
+        raise ValueError(f"probabilities must have shape (N, {len(task.labels)}) for labels "
+                         f"{list(task.labels)}; got {probs.shape}")
+    if len(targets) != len(probs):
+        raise ValueError(f"{len(probs)} predictions but {len(targets)} targets")
+    if len(probs) == 0:
+        raise ValueError("no predictions to evaluate (the data set is empty)")
+    if task.kind == "multilabel" and targets.shape != probs.shape:
+        raise ValueError(f"multilabel targets must have shape {probs.shape}, got {targets.shape}")
+
+
+def _single_label(task: Task, probs: np.ndarray, targets: np.ndarray, decisions: np.ndarray,
+                  train_targets: np.ndarray | None) -> dict[str, Any]:
+    k = len(task.labels)
+    cm = confusion_matrix(targets, decisions, k)
+    prf = per_class_prf(cm)
+    if task.kind == "binary":
+        auc = roc_auc(targets, probs[:, 1])
+    else:
+        aucs = [roc_auc(targets == c, probs[:, c]) for c in range(k)]
+        auc = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else NAN
+    majority, base_acc = majority_baseline(targets, train_targets)
+    present = int((prf["support"] > 0).sum())
+    return {
+        "accuracy": float(np.trace(cm) / cm.sum()), "balanced_accuracy": balanced_accuracy(cm), "auc": auc,
+        "per_class": {name: {"precision": _f(prf["precision"][c]), "recall": _f(prf["recall"][c]),
+                             "f1": _f(prf["f1"][c]), "support": int(prf["support"][c])}
+                      for c, name in enumerate(task.labels)},
+        "macro_f1": _f(np.nanmean(prf["f1"])) if present else NAN,
+        "confusion_matrix": cm.tolist(),
+        "baseline": {"majority_class": task.labels[majority], "accuracy": base_acc,
+                     "balanced_accuracy": 1.0 / max(present, 1)},
+    }
+
+
+def _multilabel(task: Task, probs: np.ndarray, targets: np.ndarray, decisions: np.ndarray,
+                train_targets: np.ndarray | None) -> dict[str, Any]:
+    per_attr = {}
+    for j, name in enumerate(task.labels):
+        m = binary_metrics(targets[:, j], decisions[:, j], probs[:, j])
+        ref = None if train_targets is None else np.asarray(train_targets)[:, j]
+        majority, base = majority_baseline(targets[:, j], ref)
+        m.update({"threshold": task.thresholds[j], "positives": int(targets[:, j].sum()),
+                  "baseline_accuracy": base, "baseline_majority": majority, "baseline_balanced_accuracy": 0.5})
+        per_attr[name] = m
+    mean = {key: _f(np.nanmean([a[key] for a in per_attr.values()]))
+            for key in ("accuracy", "balanced_accuracy", "f1", "auc", "baseline_accuracy")}
+    return {"per_attribute": per_attr, "mean": mean, "accuracy": mean["accuracy"],
+            "balanced_accuracy": mean["balanced_accuracy"], "auc": mean["auc"], "macro_f1": mean["f1"],
+            "baseline": {"accuracy": mean["baseline_accuracy"], "balanced_accuracy": 0.5}}
+
+
+def per_sample_loss(task: Task, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Cross-entropy per photo (multilabel: per photo and attribute, shape (N, L))."""
+    p = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
+    if task.kind == "multilabel":
+        t = np.asarray(targets, np.float64)
+        return -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    return -np.log(p[np.arange(len(p)), np.asarray(targets, np.int64)])
+
+
+def _f(x: Any) -> float:
+    return float(x)
+
+
+def _nan_list(a: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in a]
