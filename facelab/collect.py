@@ -385,39 +385,41 @@ def collect(urls_file: str | Path, out: str | Path, config: CollectConfig | None
 
 def _download_all(todo: list[Entry], saver: _Saver, config: CollectConfig, manifest: Path,
                   entries: list[Entry], progress: bool) -> None:
-    """Run the pool with at most ``2 * workers`` downloads in flight (bounded memory)."""
+    """Download with a pool; results are settled in list order, so which copy of a duplicate
+    is kept does not depend on network timing. At most ``8 * workers`` downloads are in flight
+    or waiting for their turn (bounded memory)."""
     from tqdm.auto import tqdm
 
-    pending = iter(todo)
     bar = tqdm(total=len(todo), desc="collect", unit="url", disable=not progress or not todo)
     last_save = time.monotonic()
+    ready: dict[int, _Fetched] = {}
+    next_submit = next_settle = 0
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
-        running: dict[Future, Entry] = {}
-
-        def refill() -> None:
-            while len(running) < 2 * config.workers:
-                e = next(pending, None)
-                if e is None:
-                    return
-                running[pool.submit(fetch, e.url, config)] = e
-
-        refill()
-        while running:
+        running: dict[Future, int] = {}
+        while next_settle < len(todo):
+            while next_submit < len(todo) and next_submit - next_settle < 8 * config.workers \
+                    and len(running) < 2 * config.workers:
+                running[pool.submit(fetch, todo[next_submit].url, config)] = next_submit
+                next_submit += 1
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
-                e = running.pop(fut)
-                got = fut.result()
-                if got.status:
-                    e.status, e.reason = got.status, got.reason
-                    log.info("%s: %s (%s)", e.url, e.status, e.reason)
-                else:
-                    saver.save(e, got)
+                ready[running.pop(fut)] = fut.result()
+            while next_settle in ready:
+                _settle(todo[next_settle], ready.pop(next_settle), saver)
+                next_settle += 1
                 bar.update(1)
-            refill()
             if time.monotonic() - last_save > 5.0:  # keep progress if the run is killed
                 write_manifest(manifest, entries)
                 last_save = time.monotonic()
     bar.close()
+
+
+def _settle(e: Entry, got: _Fetched, saver: _Saver) -> None:
+    if got.status:
+        e.status, e.reason = got.status, got.reason
+        log.info("%s: %s (%s)", e.url, e.status, e.reason)
+    else:
+        saver.save(e, got)
 
 
 def summary_rows(report: CollectReport) -> list[tuple[str, int]]:

@@ -263,9 +263,12 @@ def check_duplicates(table: SampleTable, dups: list[tuple[list[int], str]]) -> l
         if len(splits) > 1 and len(labels) > 1:
             conflicts.append(item)
 
+    def where(i: int) -> str:
+        label = f": {table.label_text(i)}" if table.kind == "classes" else ""
+        return f"{table.paths[i]} [{table.splits[i] or '-'}{label}]"
+
     def files(items: list) -> list[str]:
-        return [" = ".join(f"{table.paths[i]} [{table.splits[i] or '-'}: {table.label_text(i)}]" for i in rows)
-                + f" ({how})" for rows, how in items]
+        return [" = ".join(where(i) for i in rows) + f" ({how})" for rows, how in items]
 
     if leaks:
         findings.append(Finding(
