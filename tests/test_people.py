@@ -1,0 +1,217 @@
+"""face-embed identity model, open-set unknown, verify, enroll: on real ORL and CelebA faces."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facelab import people
+from facelab.data import load_source
+
+KNOWN = [f"s{i}" for i in range(1, 9)]        # 8 known people, 10 photos each
+STRANGERS = [f"s{i}" for i in range(31, 37)]  # never in training
+NEWCOMER = "s40"                              # enrolled later
+
+
+def _link_people(src: Path, dst: Path, names: list[str], photos: range = range(1, 11)) -> Path:
+    for name in names:
+        (dst / name).mkdir(parents=True, exist_ok=True)
+        for k in photos:
+            (dst / name / f"{k}.pgm").symlink_to(src / name / f"{k}.pgm")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def orl_run(orl_faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = _link_people(orl_faces, tmp_path_factory.mktemp("orl-people"), KNOWN)
+    cfg = people.FaceEmbedConfig(valid_fraction=0.3, seed=0)
+    return people.train_face_embed(load_source(folder), cfg, tmp_path_factory.mktemp("runs") / "orl", progress=False)
+
+
+def test_run_folder_and_bundle(orl_run: Path) -> None:
+    bundle = json.loads((orl_run / "bundle" / "bundle.json").read_text())
+    assert bundle["model"]["backend"] == "face-embed"
+    assert bundle["task"] == {"kind": "multiclass", "labels": sorted(KNOWN), "thresholds": []}
+    assert bundle["prepare"]["detector"]  # the face preparation travels with the model
+    open_set = bundle["open_set"]
+    assert open_set["unknown_label"] == "unknown" and open_set["calibrated"]
+    assert 0.2 < open_set["threshold"] < 0.8
+    assert open_set["far"] <= 0.05 and open_set["frr"] <= 0.1
+    for name in ("config.json", "metrics.csv", "open_set.png"):
+        assert (orl_run / name).is_file()
+    assert (orl_run / "bundle" / bundle["model"]["files"]["head"]).is_file()
+    metrics = (orl_run / "metrics.csv").read_text().splitlines()
+    row = dict(zip(metrics[0].split(","), metrics[1].split(",")))
+    assert float(row["valid_acc"]) >= 0.95  # 8 people, 3 held-out photos each
+
+
+def test_known_people_recognised_and_strangers_unknown(orl_run: Path, orl_faces: Path) -> None:
+    predictor = people.load(orl_run)
+    assert predictor.labels == sorted(KNOWN)
+    strangers = [orl_faces / s / f"{k}.pgm" for s in STRANGERS for k in (1, 5)]
+    names = [p.name for path in strangers for p in predictor.predict_image(path)]
+    assert len(names) == len(strangers)
+    assert names.count("unknown") >= len(strangers) - 1  # FAR at most 1 of 12
+
+    known = [(s, orl_faces / s / "10.pgm") for s in ("s1", "s4", "s7")]
+    for person, path in known:
+        [pred] = predictor.predict_image(path)
+        assert pred.name == person, (path, pred.name, pred.distance)
+        assert pred.probs.shape == (len(KNOWN),) and abs(float(pred.probs.sum()) - 1) < 1e-4
+        assert pred.distance <= predictor.threshold
+
+
+def test_predict_crops_matches_contract(orl_run: Path, orl_faces: Path) -> None:
+    from facelab.images import read_image
+    from facelab.prepare import FacePipeline
+
+    predictor = people.load(orl_run)
+    pipe = FacePipeline(predictor.bundle["prepare"])
+    crops = [pipe.process(read_image(orl_faces / s / "3.pgm"))[0].crop for s in ("s3", "s33")]
+    probs = predictor.predict_crops(crops)
+    assert probs.dtype == np.float32 and probs.shape == (2, len(KNOWN))
+    assert predictor.labels[int(probs[0].argmax())] == "s3"
+    assert predictor.identify_crops(crops) == ["s3", "unknown"]
+
+
+def test_enroll_new_person_without_retraining(orl_run: Path, orl_faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(orl_run, run)
+    before = json.loads((run / "bundle" / "bundle.json").read_text())
+    (run / "bundle" / "model.onnx").write_bytes(b"stale")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    photos = [orl_faces / NEWCOMER / f"{k}.pgm" for k in range(1, 6)]
+    report = people.enroll(run, NEWCOMER, photos + [bad])
+    assert report.new_person and report.added == 5 and report.skipped == [str(bad)]
+    assert report.people == len(KNOWN) + 1
+
+    after = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert after["task"]["labels"] == sorted(KNOWN) + [NEWCOMER]
+    assert after["open_set"]["threshold"] == before["open_set"]["threshold"]
+    assert after["people"]["photos"][NEWCOMER] == 5
+    files = sorted(p.name for p in (run / "bundle").iterdir())
+    assert set(after["model"]["files"].values()) <= set(files)
+    assert not set(before["model"]["files"].values()) & set(files)  # old head/gallery removed
+    assert "model.onnx" not in files                                # stale export removed
+
+    predictor = people.load(run)
+    names = [predictor.predict_image(orl_faces / NEWCOMER / f"{k}.pgm")[0].name for k in range(6, 11)]
+    assert names.count(NEWCOMER) >= 4
+    assert predictor.predict_image(orl_faces / "s2" / "10.pgm")[0].name == "s2"  # old people kept
+
+
+def test_enroll_refuses_photos_without_faces(orl_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(orl_run, run)
+    blank = tmp_path / "blank.png"
+    from facelab.images import write_image
+
+    write_image(blank, np.full((120, 100, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match="no face found"):
+        people.enroll(run, "nobody", [blank])
+    with pytest.raises(ValueError, match="unknown"):
+        people.enroll(run, "unknown", [blank])
+    with pytest.raises(FileNotFoundError, match="bundle.json"):
+        people.enroll(tmp_path / "missing", "x", [blank])
+
+
+def test_verify_same_and_different(orl_faces: Path, orl_run: Path) -> None:
+    same = people.verify(orl_faces / "s5" / "1.pgm", orl_faces / "s5" / "7.pgm")
+    assert same.same and same.distance < same.threshold == 0.6 and same.threshold_source == "dlib default"
+    # 5 same-person and 5 different-person pairs of people the run never saw.
+    pairs = [(f"s{k}", f"s{k}", 6) for k in range(13, 18)] + [(f"s{k}", f"s{k + 5}", 1) for k in range(13, 18)]
+    results = [people.verify(orl_faces / a / "1.pgm", orl_faces / b / f"{j}.pgm", run=orl_run)
+               for a, b, j in pairs]
+    assert all(r.threshold_source.startswith("calibrated") for r in results)
+    correct = [r.same == (a == b) for r, (a, b, _) in zip(results, pairs)]
+    assert sum(correct) >= 9, [(p, r.distance) for p, r in zip(pairs, results)]
+
+
+def test_verify_bad_input(orl_faces: Path, tmp_path: Path) -> None:
+    from facelab.images import ImageError
+
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        people.verify(orl_faces / "s1" / "1.pgm", bad)
+
+
+def test_cli_verify_and_enroll(orl_faces: Path, orl_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from facelab.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["verify", str(orl_faces / "s6" / "2.pgm"), str(orl_faces / "s6" / "3.pgm"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["same"] is True
+    res = runner.invoke(app, ["verify", str(orl_faces / "s6" / "2.pgm"), str(orl_faces / "s9" / "2.pgm")])
+    assert res.exit_code == 1 and "DIFFERENT people" in res.output
+
+    run = tmp_path / "run"
+    shutil.copytree(orl_run, run)
+    res = runner.invoke(app, ["enroll", str(run), "s1", str(orl_faces / "s1" / "10.pgm")])
+    assert res.exit_code == 0, res.output
+    assert "known person" in res.output
+    assert json.loads((run / "bundle" / "bundle.json").read_text())["people"]["photos"]["s1"] == 8
+
+
+def test_export_head_onnx(orl_run: Path, tmp_path: Path, orl_faces: Path) -> None:
+    import onnxruntime as ort
+
+    from facelab.embed import embed_images
+
+    out = people.export_onnx(orl_run, tmp_path / "head.onnx")
+    predictor = people.load(orl_run)
+    emb, found = embed_images([orl_faces / "s8" / "9.pgm"], predictor.bundle["prepare"])
+    assert found.all()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    probs = sess.run(["probs"], {"embedding": emb})[0]
+    np.testing.assert_allclose(probs, predictor.model.probs(emb), atol=1e-5)
+
+
+def test_celeba_identities_30_way_few_shot(celeba_mini: Path, tmp_path: Path) -> None:
+    """All 30 celeba-mini people, 5 training photos each, 3 held out: 30-way accuracy."""
+    table = load_source(celeba_mini)
+    rows: list[int] = []
+    for person in sorted(set(table.identities)):
+        rows += [i for i, p in enumerate(table.identities) if p == person][:8]
+    cfg = people.FaceEmbedConfig(valid_fraction=3 / 8, seed=1)
+    run = people.train_face_embed(table.subset(rows), cfg, tmp_path / "celeba", progress=False)
+    bundle = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert len(bundle["task"]["labels"]) == 30
+    metrics = bundle["train"]["metrics"]
+    assert metrics["valid_acc"] >= 0.93, metrics  # 90 held-out photos
+    # Each person left out in turn plays the stranger: most are rejected at the threshold.
+    assert bundle["open_set"]["far"] <= 0.15 and bundle["open_set"]["impostor"] == 240
+
+
+def test_calibrate_threshold_rules() -> None:
+    genuine = np.array([0.30, 0.35, 0.40, 0.45])
+    impostor = np.array([0.55, 0.60, 0.70, 0.80])
+    cal = people.calibrate_threshold(genuine, impostor)
+    assert 0.45 < cal.threshold < 0.55 and cal.far == 0 and cal.frr == 0
+    overlap = people.calibrate_threshold(np.array([0.3, 0.5, 0.62]), np.array([0.45, 0.7, 0.8, 0.9]), target_far=0.0)
+    assert overlap.threshold < 0.45 and overlap.far == 0 and overlap.frr == pytest.approx(2 / 3)
+    fallback = people.calibrate_threshold(genuine, np.zeros(0))
+    assert not fallback.calibrated and fallback.threshold == 0.6
+
+
+def test_embedding_cache(orl_faces: Path, tmp_path: Path) -> None:
+    from facelab.embed import EmbeddingCache, embed_crops
+    from facelab.images import read_image
+
+    crops = [read_image(orl_faces / "s11" / f"{k}.pgm") for k in (1, 2)]
+    cache = EmbeddingCache(tmp_path / "emb")
+    first = embed_crops(crops, cache=cache)
+    assert first.shape == (2, 128) and first.dtype == np.float32
+    assert len(list((tmp_path / "emb").rglob("*.npy"))) == 2
+    again = embed_crops(crops, cache=cache)
+    np.testing.assert_array_equal(first, again)
+    assert np.linalg.norm(first[0] - first[1]) < 0.6  # same person, raw (unaligned) ORL photos
+    with pytest.raises(ValueError, match="uint8"):
+        embed_crops([crops[0].astype(np.float32)], cache=False)
