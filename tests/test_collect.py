@@ -57,6 +57,12 @@ class _Server:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up first (timeouts, early HTTP errors): expected here
+
             def do_GET(self) -> None:  # noqa: N802
                 server.hits[self.path] += 1
                 if self.path == "/slow.jpg":
