@@ -174,6 +174,12 @@ def load_folder(root: str | Path) -> SampleTable:
     images, skipped = list_images(root)
     top = {p.relative_to(root).parts[0] for p in images if len(p.relative_to(root).parts) > 1}
     with_splits = bool(top) and all(t.lower() in _SPLIT_ALIASES for t in top)
+    split_like = sorted(t for t in top if t.lower() in _SPLIT_ALIASES)
+    if split_like and not with_splits:
+        others = sorted(top - set(split_like))
+        raise DataError(f"{root}: mixes split folders {split_like} with other folders {others[:5]}; "
+                        f"put every class folder inside train/, valid/ or test/ (or rename the "
+                        f"class folders that are named like a split)")
     depth = 2 if with_splits else 1
     rows: list[tuple[Path, str, str | None]] = []
     loose = 0

@@ -134,6 +134,13 @@ def test_folder_without_classes_is_an_error_loose_images_are_counted(tmp_path: P
         load_folder(flat / "a.jpg")
 
 
+def test_folder_mixing_split_and_class_folders_is_an_error(tmp_path: Path, face: np.ndarray) -> None:
+    _save(tmp_path / "d" / "train" / "alice" / "a.jpg", face)
+    _save(tmp_path / "d" / "bob" / "b.jpg", face)
+    with pytest.raises(DataError, match=r"mixes split folders \['train'\] with other folders \['bob'\]"):
+        load_source(tmp_path / "d")
+
+
 def test_csv_classes_attributes_relative_paths_identity_split(tmp_path: Path, face: np.ndarray) -> None:
     for name in ("x.jpg", "y.jpg", "z.jpg"):
         _save(tmp_path / "img" / name, face)
