@@ -158,6 +158,7 @@ def near_pairs(fps: Sequence[Fingerprint], hash_threshold: int = NEAR_THRESHOLD,
     pb, db = _unpack([f.phash for f in fps]), _unpack([f.dhash for f in fps])
     p1, d1 = pb.sum(1), db.sum(1)
     pairs: list[tuple[int, int, int]] = []
+    chunk = max(16, min(chunk, 50_000_000 // n))  # keep each (chunk, n) block near 200 MB
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         dp = p1[s:e, None] + p1[None, :] - 2 * (pb[s:e] @ pb.T)

@@ -197,7 +197,10 @@ def check_counts(table: SampleTable, cfg: InspectConfig) -> tuple[list[Finding],
     counts = {str(s): {n: int(m[np.array([x == s for x in table.splits])].sum())
                        for n, m in _groups_of_rows(table).items()} for s in splits}
     total = {n: int(m.sum()) for n, m in _groups_of_rows(table).items()}
-    if table.kind == "classes":
+    if table.kind == "classes" and len(total) < 2:
+        findings.append(Finding("single-class", "error", f"only one class ({table.label_names[0]!r}): "
+                                f"a classifier needs at least two", "add a folder of photos for each other class"))
+    elif table.kind == "classes":
         big, small = max(total, key=total.get), min(total, key=total.get)
         ratio = total[big] / max(1, total[small])
         if ratio >= cfg.imbalance_ratio:

@@ -171,3 +171,16 @@ def test_cli_inspect_strict_exits_1_on_leakage(planted, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "facelab", "inspect", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such file or folder" in bad.stderr
+
+
+def test_unreadable_only_and_single_class_folders(tmp_path: Path, orl_faces: Path) -> None:
+    (tmp_path / "bad" / "x").mkdir(parents=True)
+    (tmp_path / "bad" / "x" / "1.jpg").write_text("not a photo")
+    (tmp_path / "bad" / "x" / "2.png").write_bytes(b"")
+    report = inspect(tmp_path / "bad", tmp_path / "r1", progress=False)
+    (bad,) = report.find("unreadable")
+    assert [f.split(": ", 1)[1] for f in bad.files] == ["not an image (unknown or corrupt format)",
+                                                        "empty file (0 bytes)"]
+    (tmp_path / "one" / "s1").mkdir(parents=True)
+    shutil.copy(orl_faces / "s1" / "1.pgm", tmp_path / "one" / "s1")
+    assert inspect(tmp_path / "one", tmp_path / "r2", progress=False).checks() == {"single-class"}
