@@ -1,8 +1,46 @@
-"""CLI commands of the serve stage (see facelab/serve.py)."""
+"""CLI commands of the serve stage (see facelab/serve/app.py)."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to `app`. (Not built yet.)"""
+    """Add this stage's commands to `app`."""
+    app.command("serve")(serve_cmd)
+
+
+def serve_cmd(
+    runs: list[Path] = typer.Argument(..., help="One or more run folders (each becomes a model)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 = every interface)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    backend: str = typer.Option("auto", help="auto (ONNX Runtime when possible), onnx or torch."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="FACELAB_API_KEY",
+                                          help="Require this key (X-API-Key header) on /api/*."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest upload in MB."),
+    max_megapixels: float = typer.Option(40.0, help="Largest image in megapixels."),
+    timeout: float = typer.Option(30.0, help="Request timeout in seconds."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow this origin (CORS; off by default)."),
+    max_batch: int = typer.Option(32, help="Most face crops per model call."),
+    max_wait_ms: float = typer.Option(4.0, help="Longest wait for a batch to fill, in ms."),
+    threads: int = typer.Option(0, help="Detection threads (0 = CPU cores)."),
+    largest_only: bool = typer.Option(False, "--largest-only", help="Only the largest face per image."),
+    max_connections: int = typer.Option(256, help="Concurrent connections before answering 503."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve RUNS over HTTP: JSON API, live-video WebSocket and a web page at /."""
+    from facelab.export import bundle_dir_of
+    from facelab.serve.app import ServeConfig, serve
+
+    for run in runs:
+        bundle_dir_of(run)  # fail before the server starts, with a clear message
+    config = ServeConfig(runs=tuple(str(r) for r in runs), backend=backend, api_key=api_key or None,
+                         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                         max_pixels=int(max_megapixels * 1e6), request_timeout=timeout,
+                         cors_origins=tuple(cors_origin), max_batch=max_batch, max_wait_ms=max_wait_ms,
+                         threads=threads, all_faces=not largest_only)
+    typer.echo(f"facelab serve: http://{host}:{port}/  (API docs: /docs"
+               f"{', API key required' if config.api_key else ''})")
+    serve(config, host=host, port=port, log_level=log_level, max_connections=max_connections)

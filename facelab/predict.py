@@ -1,0 +1,290 @@
+"""Photos in, every face with its probabilities out: the library side of ``facelab predict``.
+
+A run's model is loaded with :func:`load_predictor`: ONNX Runtime when an export exists
+(or can be made on the fly, cached in ``$FACELAB_CACHE/onnx``), PyTorch otherwise. Faces
+are found and cropped with the bundle's own :class:`~facelab.prepare.FacePipeline`, so new
+photos are prepared exactly like the training photos. Photos without a face, and files
+that are not readable images, are listed with a reason rather than dropped.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from facelab.tasks import Task
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "torch")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff", ".gif")
+
+
+# --------------------------------------------------------------------------- loading
+
+def model_name(run: str | Path) -> str:
+    """A short name for a run: its folder name (``runs/smile`` -> ``smile``)."""
+    from facelab.export import bundle_dir_of
+
+    bdir = bundle_dir_of(run)
+    return bdir.parent.name if bdir.name == "bundle" else bdir.name
+
+
+def load_predictor(run: str | Path, backend: str = "auto", threads: int = 0) -> Any:
+    """The run's predictor. ``auto``: ONNX Runtime when the run is a PyTorch run that
+    exports cleanly, else PyTorch; ``onnx``/``torch`` force one (``onnx`` fails loudly).
+    face-embed and ONNX-bundle runs always use their own backend."""
+    from facelab.export import OnnxPredictor, cached_export, read_bundle
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    bdir, bundle = read_bundle(run)
+    kind = bundle["model"].get("backend", "torch")
+    if kind == "onnx":
+        return OnnxPredictor.from_bundle(bdir, bundle, threads)
+    if kind == "torch" and backend != "torch":
+        path = cached_export(bdir, bundle)
+        if path is not None:
+            return OnnxPredictor.from_file(path, threads)
+        if backend == "onnx":
+            raise ValueError(f"{bdir}: could not export to ONNX (see the log); use --backend torch")
+    from facelab.bundle import load
+
+    return load(bdir)
+
+
+def backend_of(predictor: Any) -> str:
+    return str(getattr(predictor, "backend", None) or predictor.bundle["model"].get("backend", "torch"))
+
+
+_PIPELINES: dict[str, Any] = {}
+
+
+def face_pipeline(bundle: dict, all_faces: bool = True) -> Any:
+    """The bundle's face preparation (shared per config). ``all_faces`` keeps every face in
+    the photo; the crops are identical to the ones training saw either way."""
+    from facelab.prepare import FacePipeline, PrepareConfig
+
+    config = PrepareConfig.from_dict(bundle.get("prepare"))
+    if all_faces and config.multi_face != "all":
+        config = replace(config, multi_face="all")
+    key = config.digest()
+    if key not in _PIPELINES:
+        _PIPELINES[key] = FacePipeline(config)
+    return _PIPELINES[key]
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class FaceResult:
+    """One face: where it is and what the model says."""
+
+    face: Any
+    """:class:`facelab.detect.Face` in original-photo coordinates."""
+    probs: np.ndarray
+    """float32 (len(labels),) probabilities."""
+
+    def to_dict(self, task: Task) -> dict[str, Any]:
+        return {**self.face.to_dict(), "prediction": prediction_dict(task, self.probs)}
+
+
+@dataclass
+class PhotoResult:
+    """One input photo: its faces, or why there are none."""
+
+    path: str
+    status: str = "ok"
+    """``ok``, ``no_face`` or ``unreadable``."""
+    reason: str = ""
+    faces: list[FaceResult] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+
+
+def prediction_dict(task: Task, probs: np.ndarray) -> dict[str, Any]:
+    """Probabilities -> ``{"probs": {label: p}, "decision": ..., "top": label}`` (JSON-ready).
+
+    ``decision`` is the predicted label (binary, multiclass) or the list of present
+    attributes (multilabel), using the bundle's thresholds.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    decided = task.decide(probs[None])[0]
+    if task.kind == "multilabel":
+        decision: Any = [lab for lab, d in zip(task.labels, decided) if d]
+    else:
+        decision = task.labels[int(decided)]
+    return {"probs": {lab: round(float(p), 5) for lab, p in zip(task.labels, probs)},
+            "decision": decision, "top": task.labels[int(probs.argmax())]}
+
+
+def predict_rgb(predictor: Any, rgb: np.ndarray, all_faces: bool = True) -> list[FaceResult]:
+    """One RGB photo -> a :class:`FaceResult` per face (largest first)."""
+    prepared = face_pipeline(predictor.bundle, all_faces).process(rgb)
+    if not prepared:
+        return []
+    probs = predictor.predict_crops([p.crop for p in prepared])
+    return [FaceResult(p.face, pr) for p, pr in zip(prepared, probs)]
+
+
+# --------------------------------------------------------------------------- many photos
+
+def expand_paths(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files, folders (recursive, image suffixes) and globs -> sorted unique photo paths.
+
+    A name that matches nothing is an error (a typo should not silently predict nothing)."""
+    found: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(text):
+            hits = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not hits:
+                raise FileNotFoundError(f"{text}: the pattern matches no file")
+            found += hits
+        else:
+            raise FileNotFoundError(f"{text}: no such file or folder")
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+@dataclass
+class PredictReport:
+    """Everything ``predict()`` found, with what is needed to read it."""
+
+    model: str
+    backend: str
+    task: Task
+    photos: list[PhotoResult]
+
+    @property
+    def n_faces(self) -> int:
+        return sum(len(p.faces) for p in self.photos)
+
+    def summary(self) -> str:
+        from collections import Counter
+
+        c = Counter(p.status for p in self.photos)
+        return (f"{len(self.photos)} photo(s): {self.n_faces} face(s) in {c['ok']}, no face in "
+                f"{c['no_face']}, unreadable {c['unreadable']} (model {self.model}, backend {self.backend})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "backend": self.backend, "task": self.task.to_dict(),
+                "photos": [{"path": p.path, "status": p.status, "reason": p.reason, "width": p.width,
+                            "height": p.height, "faces": [f.to_dict(self.task) for f in p.faces]}
+                           for p in self.photos]}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per face (and one per photo without a face), for CSV and tables."""
+        out = []
+        for p in self.photos:
+            if not p.faces:
+                out.append({"path": p.path, "face": "", "status": p.status, "reason": p.reason})
+            for i, f in enumerate(p.faces):
+                pred = prediction_dict(self.task, f.probs)
+                row = {"path": p.path, "face": i, "status": p.status, "reason": "",
+                       "box": " ".join(f"{v:.0f}" for v in f.face.box), "decision": _decision_text(pred)}
+                row.update(pred["probs"])
+                out.append(row)
+        return out
+
+    def to_csv(self) -> str:
+        cols = ["path", "face", "status", "reason", "box", "decision", *self.task.labels]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows())
+        return buf.getvalue()
+
+    def table(self, top: int = 3) -> str:
+        """A readable table: photo, face, box, decision and the ``top`` most likely labels."""
+        lines = [f"{'photo':40s} {'face':>4s}  {'box (x0 y0 x1 y1)':20s} {'decision':24s} top probabilities"]
+        for p in self.photos:
+            name = _short(p.path, 40)
+            if not p.faces:
+                lines.append(f"{name:40s} {'-':>4s}  {p.status}: {p.reason}")
+            for i, f in enumerate(p.faces):
+                pred = prediction_dict(self.task, f.probs)
+                best = sorted(pred["probs"].items(), key=lambda kv: -kv[1])[:top]
+                box = " ".join(f"{v:.0f}" for v in f.face.box)
+                probs = "  ".join(f"{k} {v:.2f}" for k, v in best)
+                lines.append(f"{name:40s} {i:>4d}  {box:20s} {_decision_text(pred)[:24]:24s} {probs}")
+        return "\n".join(lines)
+
+
+def _decision_text(pred: dict[str, Any]) -> str:
+    d = pred["decision"]
+    return ",".join(d) if isinstance(d, list) else str(d)
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+def predict(run: str | Path, inputs: Sequence[str | Path] | str | Path, backend: str = "auto",
+            all_faces: bool = True, batch_photos: int = 16, progress: bool = True) -> PredictReport:
+    """Predict every face in ``inputs`` (photos, folders, globs) with the run's model.
+
+    Args:
+        run: run folder or bundle folder.
+        inputs: photo paths, folders (searched recursively) or glob patterns.
+        backend: ``auto`` (ONNX Runtime when possible), ``onnx`` or ``torch``.
+        all_faces: every face in a photo (default) or only the largest.
+        batch_photos: photos whose faces go through the model in one call.
+        progress: show a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    paths = expand_paths(inputs)
+    predictor = load_predictor(run, backend)
+    photos: list[PhotoResult] = []
+    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress or len(paths) < 2) as bar:
+        for start in range(0, len(paths), batch_photos):
+            chunk = paths[start:start + batch_photos]
+            photos += _predict_chunk(predictor, chunk, all_faces)
+            bar.update(len(chunk))
+    return PredictReport(model_name(run), backend_of(predictor), predictor.task, photos)
+
+
+def _predict_chunk(predictor: Any, paths: Iterable[Path], all_faces: bool) -> list[PhotoResult]:
+    """Detect faces photo by photo, then run the model once on all crops of the chunk."""
+    from facelab.images import ImageError, read_image
+
+    pipeline = face_pipeline(predictor.bundle, all_faces)
+    results, prepared = [], []
+    for path in paths:
+        result = PhotoResult(str(path))
+        faces: list = []
+        try:
+            rgb = read_image(path)
+            result.height, result.width = rgb.shape[:2]
+            faces = pipeline.process(rgb)
+            if not faces:
+                result.status, result.reason = "no_face", "no face found"
+        except ImageError as exc:
+            result.status, result.reason = "unreadable", exc.reason
+            log.warning("skipped %s", exc)
+        results.append(result)
+        prepared.append(faces)
+    crops = [f.crop for faces in prepared for f in faces]
+    probs = iter(predictor.predict_crops(crops)) if crops else iter(())
+    for result, faces in zip(results, prepared):
+        result.faces = [FaceResult(f.face, next(probs)) for f in faces]
+    return results
+
+
+def report_json(report: PredictReport) -> str:
+    return json.dumps(report.to_json(), indent=2)
