@@ -750,3 +750,10 @@ def _limits(task: Task, m: dict) -> list[str]:
         out.append(f"- Accuracy is {lift:+.1%} against always predicting the majority class: the model adds "
                    f"little or nothing over that baseline.")
     return out
+
+
+def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> list[dict[str, Any]]:
+    """``facelab.compare``: see :func:`facelab.compare.compare`."""
+    from facelab.compare import compare as _compare
+
+    return _compare(runs, out)
