@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -69,6 +68,10 @@ class PrepareConfig:
     detect_max_side: int = 640
     """Photos larger than this (longest side) are downscaled for detection; crops are cut
     from the full-resolution original."""
+    fast_side: int = 160
+    """With ``multi_face="largest"``, detect first on the photo shrunk to this longest side
+    (several times faster) and fall back to ``detect_max_side`` only when no face is found.
+    0 turns the fast first pass off."""
     min_face: int = 24
     """Faces whose box is narrower than this (pixels in the original) are ignored."""
     format: str = "jpg"
@@ -91,6 +94,8 @@ class PrepareConfig:
             raise ValueError(f"margin must be between 0 and 1, got {self.margin}")
         if self.detect_max_side < 64:
             raise ValueError(f"detect_max_side must be >= 64, got {self.detect_max_side}")
+        if self.fast_side and self.fast_side < 48:
+            raise ValueError(f"fast_side must be 0 (off) or >= 48, got {self.fast_side}")
         if self.min_face < 0:
             raise ValueError(f"min_face must be >= 0, got {self.min_face}")
         if not isinstance(self.detector_options, dict):
@@ -161,7 +166,18 @@ class FacePipeline:
         The detector sees the photo downscaled to ``detect_max_side``; boxes and landmarks
         are scaled back so the crop is cut from the full-resolution photo.
         """
-        small, factor = _downscale(rgb, self.config.detect_max_side)
+        c = self.config
+        sides = [c.detect_max_side]
+        if c.multi_face == "largest" and 0 < c.fast_side < min(max(rgb.shape[:2]), c.detect_max_side):
+            sides.insert(0, c.fast_side)
+        for side in sides:
+            faces = self._detect_at(rgb, side)
+            if faces:
+                break
+        return faces
+
+    def _detect_at(self, rgb: np.ndarray, max_side: int) -> list[Face]:
+        small, factor = _downscale(rgb, max_side)
         faces = [f.scaled(factor) if factor != 1.0 else f for f in self.detector.detect(small)]
         faces = [f for f in faces if f.width >= self.config.min_face]
         return sorted(faces, key=lambda f: f.area, reverse=True)
@@ -361,7 +377,7 @@ def run_files(paths: Sequence[Path | str], config: PrepareConfig, cache_dir: Pat
         else:
             import multiprocessing as mp
 
-            ctx = mp.get_context("fork" if "torch" not in sys.modules and sys.platform == "linux" else "spawn")
+            ctx = _mp_context()
             chunk = max(1, min(16, len(todo) // (workers * 8)))
             with ctx.Pool(workers, initializer=_init_worker, initargs=(config.to_dict(), cache_root)) as pool:
                 for r in pool.imap(_process_path, todo, chunksize=chunk):
@@ -370,6 +386,19 @@ def run_files(paths: Sequence[Path | str], config: PrepareConfig, cache_dir: Pat
     finally:
         bar.close()
     return results
+
+
+def _mp_context():  # noqa: ANN202 - multiprocessing context
+    """``forkserver`` where available: workers fork from a clean single-threaded server, so a
+    parent that already ran OpenCV, OpenMP or torch threads cannot deadlock them (plain
+    ``fork`` does), and they start much faster than ``spawn``."""
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["facelab.prepare"])
+        return ctx
+    return mp.get_context("spawn")
 
 
 # --------------------------------------------------------------------------- table -> cached crops

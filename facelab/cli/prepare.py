@@ -27,6 +27,7 @@ def prepare_cmd(
     light: str = typer.Option("none", help="Light balancing: none or clahe."),
     background: str = typer.Option("keep", help="Outside the face: keep, blur or grey."),
     detect_max_side: int = typer.Option(640, help="Downscale photos to this longest side for detection."),
+    fast_side: int = typer.Option(160, help="First try detection at this longest side (0 = off)."),
     min_face: int = typer.Option(24, help="Ignore faces narrower than this (pixels)."),
     fmt: str = typer.Option("jpg", "--format", help="Crop format: jpg or png."),
     workers: int = typer.Option(2, help="Parallel worker processes."),
@@ -38,7 +39,8 @@ def prepare_cmd(
 
     config = PrepareConfig(detector=detector, detector_options=_parse_options(detector_option), size=size,
                            template=template, margin=margin, multi_face=multi_face, light=light,
-                           background=background, detect_max_side=detect_max_side, min_face=min_face,
+                           background=background, detect_max_side=detect_max_side, fast_side=fast_side,
+                           min_face=min_face,
                            format=fmt)
     report = prepare(src, out, config, workers=workers, cache_dir=cache_dir, report_html=not no_html)
     typer.echo(report.summary())
