@@ -23,6 +23,7 @@ import csv
 import io
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -186,7 +187,11 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, C: float) -> tuple[
     """Multinomial logistic regression -> (weight (L, 128), bias (L,)) of a softmax layer."""
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(C=C, max_iter=2000).fit(x, y)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"the logreg head needs photos of at least 2 people, got {len(np.unique(y))}")
+    with warnings.catch_warnings():  # one photo per person: sklearn warns "regression problem?"
+        warnings.simplefilter("ignore", UserWarning)
+        clf = LogisticRegression(C=C, max_iter=2000).fit(x, y)
     w = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
     b = np.zeros(n_classes, dtype=np.float32)
     if len(clf.classes_) == 2:  # sklearn's binary form: one logit z; softmax([-z/2, z/2]) = sigmoid(z)
