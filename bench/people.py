@@ -279,7 +279,7 @@ def print_tables(r: dict, cnns: list[str]) -> None:
           f"{_pct(v['acc_at_0.6'])} at 0.6, {_pct(v['acc_cv_threshold'])} with a 10-fold CV threshold")
     e = r["enroll"]
     print(f"enroll 10 photos of a new person: {e['enroll_seconds_10_photos']:.1f} s "
-          f"(training a run of 5 people x 10 photos: {e["train_seconds_5_people"]:.1f} s)")
+          f"(training a run of 5 people x 10 photos: {e['train_seconds_5_people']:.1f} s)")
     for err in r.get("errors", []):
         print("error:", err)
 
