@@ -228,7 +228,7 @@ def evaluate(run: str | Path | Sequence[str | Path], data: str | Path, out: str 
     if len(table) == 0:
         raise DataError(f"{data}: no usable face in any photo (face preparation dropped all {n_source})")
     targets = task_targets(table, task)
-    eval_rows, tune_rows, train_rows = _split_rows(table, task, config)
+    eval_rows, tune_rows, train_rows = _split_rows(table, task, config, _held_out_rows(table, task, members[0], data))
     probs_all = predict_table(predictors, table.subset(np.concatenate([eval_rows, tune_rows])),
                               config.batch_size, config.progress)
     member_probs = probs_all[:, :len(eval_rows)]
@@ -261,9 +261,30 @@ def _default_out(members: Sequence[Path], ensemble_dir: Path | None) -> Path:
     return members[0].parent / ("ensemble-" + "+".join(m.name for m in members))[:96]
 
 
-def _split_rows(table: SampleTable, task: Task, config: EvaluateConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _held_out_rows(table: SampleTable, task: Task, run: Path, data: str | Path) -> np.ndarray | None:
+    """When ``data`` is the run's own training source and has no split: the rows training held
+    out for validation (recomputed with its seed), so the report never scores training photos."""
+    cfg_path = run / "config.json"
+    if table.has_splits or not cfg_path.is_file():
+        return None
+    cfg = read_json(cfg_path)
+    if not cfg.get("data") or Path(cfg["data"]).expanduser().resolve() != Path(data).expanduser().resolve():
+        return None
+    from facelab.train import split_indices
+
+    same = table.select_attributes(cfg["attrs"]) if table.kind == "attributes" and cfg.get("attrs") else table
+    _, valid, how = split_indices(same, task, float(cfg.get("valid_fraction", 0.2)), int(cfg.get("seed", 0)))
+    log.info("%s is the run's training data without a test split: evaluating the %d photos training held "
+             "out for validation (%s)", data, len(valid), how)
+    return valid
+
+
+def _split_rows(table: SampleTable, task: Task, config: EvaluateConfig,
+                held_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices to report on, to tune thresholds on, and of the training split."""
     splits = np.array([s or "" for s in table.splits])
+    if held_out is not None and config.split is not None:
+        return held_out, np.zeros(0, np.int64), np.setdiff1d(np.arange(len(table)), held_out)
     if not table.has_splits or config.split is None:
         if config.split is not None:
             log.info("%s has no train/valid/test split: evaluating all %d photos", table.root, len(table))
@@ -312,10 +333,13 @@ def _context(members: Sequence[Path], bundle: dict, data: str | Path, n_source: 
     cfg_path = members[0] / "config.json"
     if cfg_path.is_file():
         train_cfg = read_json(cfg_path)
-    return {"runs": [str(m) for m in members], "data": str(data), "split": config.split if table.has_splits else None,
+    held_out = eval_table is not table and not table.has_splits and len(eval_table) < len(table)
+    split = config.split if table.has_splits else ("valid rows held out by training" if held_out else None)
+    return {"runs": [str(m) for m in members], "data": str(data), "split": split,
             "photos_in_source": n_source, "dropped_by_face_preparation": n_source - len(table),
             "evaluated": len(eval_table), "model": bundle.get("model", {}), "input": bundle.get("input", {}),
-            "train": bundle.get("train", {}), "train_data": train_cfg.get("data"),
+            "train": bundle.get("train", {}),
+            "train_data": train_cfg.get("data") or bundle.get("train", {}).get("data"),
             "prepare": bundle.get("prepare")}
 
 

@@ -112,13 +112,14 @@ def torch_net(predictor: Any) -> "torch.nn.Module":
 
 
 def to_tensor(predictor: Any, crops: Sequence[np.ndarray], net: "torch.nn.Module") -> "torch.Tensor":
-    """Crops -> the normalised input batch, exactly as the bundle prescribes."""
-    import cv2
+    """Crops -> the normalised input batch, exactly as the bundle prescribes (same resizing
+    as training and ``predict_crops``: :func:`facelab.bundle.resize_crops`)."""
     import torch
 
+    from facelab.bundle import resize_crops
+
     inp = predictor.bundle["input"]
-    size = int(inp["size"])
-    x = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops]).astype(np.float32) / 255
+    x = resize_crops(crops, int(inp["size"])).astype(np.float32) / 255
     x = (x - np.asarray(inp["mean"], np.float32)) / np.asarray(inp["std"], np.float32)
     t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
