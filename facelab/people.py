@@ -435,7 +435,7 @@ def _bundle_dict(model: IdentityModel, prep: dict, cal: Calibration, pair: Calib
         "format": 1,
         "model": {"backend": BACKEND, "name": EMBEDDING_ID, "head": model.head,
                   "kwargs": {"knn_k": cfg.knn_k, "C": cfg.C}, "embedding_dim": EMBEDDING_DIM,
-                  "files": {"head": "weights.pt", "gallery": "gallery.npz"}},
+                  "files": {"head": "weights.pt", "gallery": "gallery.npz"}, "weights": "weights.pt"},
         "task": Task("multiclass", tuple(model.labels)).to_dict(),
         "input": {"size": prep["size"], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
                   "note": "crops go to dlib's embedding, which normalises itself"},
@@ -539,6 +539,8 @@ class PersonPrediction:
 class EmbeddingPredictor:
     """The ``face-embed`` backend of ``facelab.load``: same interface as the CNN predictor,
     plus :meth:`identify_crops` for open-set names."""
+
+    backend = BACKEND
 
     def __init__(self, bundle_dir: Path, bundle: dict, model: IdentityModel) -> None:
         self.bundle_dir = Path(bundle_dir)
@@ -722,7 +724,7 @@ def _write_enrolled(bdir: Path, bundle: dict, model: IdentityModel) -> None:
     _save_head(bdir / files["head"], model)
     model.gallery.save(bdir / files["gallery"])
     new = dict(bundle)
-    new["model"] = {**bundle["model"], "files": files}
+    new["model"] = {**bundle["model"], "files": files, "weights": files["head"]}
     new["task"] = Task("multiclass", tuple(model.labels)).to_dict()
     new["people"] = {**bundle.get("people", {}), "photos": _photo_counts(model)}
     write_json(bdir / "bundle.json", new)

@@ -11,7 +11,7 @@ import pytest
 from facelab import people
 from facelab.data import load_source
 
-KNOWN = [f"s{i}" for i in range(1, 9)]        # 8 known people, 10 photos each
+KNOWN = [f"s{i}" for i in range(1, 7)]        # 6 known people, photos 1-8 (9, 10 unseen)
 STRANGERS = [f"s{i}" for i in range(31, 37)]  # never in training
 NEWCOMER = "s40"                              # enrolled later
 
@@ -26,8 +26,8 @@ def _link_people(src: Path, dst: Path, names: list[str], photos: range = range(1
 
 @pytest.fixture(scope="session")
 def orl_run(orl_faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = _link_people(orl_faces, tmp_path_factory.mktemp("orl-people"), KNOWN)
-    cfg = people.FaceEmbedConfig(valid_fraction=0.3, seed=0)
+    folder = _link_people(orl_faces, tmp_path_factory.mktemp("orl-people"), KNOWN, range(1, 9))
+    cfg = people.FaceEmbedConfig(valid_fraction=0.25, seed=0)
     return people.train_face_embed(load_source(folder), cfg, tmp_path_factory.mktemp("runs") / "orl", progress=False)
 
 
@@ -45,7 +45,7 @@ def test_run_folder_and_bundle(orl_run: Path) -> None:
     assert (orl_run / "bundle" / bundle["model"]["files"]["head"]).is_file()
     metrics = (orl_run / "metrics.csv").read_text().splitlines()
     row = dict(zip(metrics[0].split(","), metrics[1].split(",")))
-    assert float(row["valid_acc"]) >= 0.95  # 8 people, 3 held-out photos each
+    assert float(row["valid_acc"]) >= 0.9  # 6 people, 2 held-out photos each
 
 
 def test_known_people_recognised_and_strangers_unknown(orl_run: Path, orl_faces: Path) -> None:
@@ -56,7 +56,7 @@ def test_known_people_recognised_and_strangers_unknown(orl_run: Path, orl_faces:
     assert len(names) == len(strangers)
     assert names.count("unknown") >= len(strangers) - 1  # FAR at most 1 of 12
 
-    known = [(s, orl_faces / s / "10.pgm") for s in ("s1", "s4", "s7")]
+    known = [(s, orl_faces / s / "10.pgm") for s in ("s1", "s4", "s6")]
     for person, path in known:
         [pred] = predictor.predict_image(path)
         assert pred.name == person, (path, pred.name, pred.distance)
@@ -93,14 +93,15 @@ def test_enroll_new_person_without_retraining(orl_run: Path, orl_faces: Path, tm
     assert after["task"]["labels"] == sorted(KNOWN) + [NEWCOMER]
     assert after["open_set"]["threshold"] == before["open_set"]["threshold"]
     assert after["people"]["photos"][NEWCOMER] == 5
+    assert after["people"]["photos"]["s1"] == before["people"]["photos"]["s1"]
     files = sorted(p.name for p in (run / "bundle").iterdir())
     assert set(after["model"]["files"].values()) <= set(files)
     assert not set(before["model"]["files"].values()) & set(files)  # old head/gallery removed
     assert "model.onnx" not in files                                # stale export removed
 
     predictor = people.load(run)
-    names = [predictor.predict_image(orl_faces / NEWCOMER / f"{k}.pgm")[0].name for k in range(6, 11)]
-    assert names.count(NEWCOMER) >= 4
+    names = [predictor.predict_image(orl_faces / NEWCOMER / f"{k}.pgm")[0].name for k in range(6, 9)]
+    assert names.count(NEWCOMER) >= 2
     assert predictor.predict_image(orl_faces / "s2" / "10.pgm")[0].name == "s2"  # old people kept
 
 
@@ -122,13 +123,12 @@ def test_enroll_refuses_photos_without_faces(orl_run: Path, tmp_path: Path) -> N
 def test_verify_same_and_different(orl_faces: Path, orl_run: Path) -> None:
     same = people.verify(orl_faces / "s5" / "1.pgm", orl_faces / "s5" / "7.pgm")
     assert same.same and same.distance < same.threshold == 0.6 and same.threshold_source == "dlib default"
-    # 5 same-person and 5 different-person pairs of people the run never saw.
-    pairs = [(f"s{k}", f"s{k}", 6) for k in range(13, 18)] + [(f"s{k}", f"s{k + 5}", 1) for k in range(13, 18)]
-    results = [people.verify(orl_faces / a / "1.pgm", orl_faces / b / f"{j}.pgm", run=orl_run)
-               for a, b, j in pairs]
+    # 6 same-person and 6 different-person pairs of people the run never saw.
+    pairs = [(a, a) for a in STRANGERS] + [(a, b) for a, b in zip(STRANGERS, STRANGERS[1:] + STRANGERS[:1])]
+    results = [people.verify(orl_faces / a / "1.pgm", orl_faces / b / "5.pgm", run=orl_run) for a, b in pairs]
     assert all(r.threshold_source.startswith("calibrated") for r in results)
-    correct = [r.same == (a == b) for r, (a, b, _) in zip(results, pairs)]
-    assert sum(correct) >= 9, [(p, r.distance) for p, r in zip(pairs, results)]
+    correct = [r.same == (a == b) for r, (a, b) in zip(results, pairs)]
+    assert sum(correct) >= 11, [(p, r.distance) for p, r in zip(pairs, results)]
 
 
 def test_verify_bad_input(orl_faces: Path, tmp_path: Path) -> None:
@@ -146,18 +146,19 @@ def test_cli_verify_and_enroll(orl_faces: Path, orl_run: Path, tmp_path: Path) -
     from facelab.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["verify", str(orl_faces / "s6" / "2.pgm"), str(orl_faces / "s6" / "3.pgm"), "--json"])
+    res = runner.invoke(app, ["verify", str(orl_faces / "s31" / "1.pgm"), str(orl_faces / "s31" / "5.pgm"), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["same"] is True
-    res = runner.invoke(app, ["verify", str(orl_faces / "s6" / "2.pgm"), str(orl_faces / "s9" / "2.pgm")])
+    res = runner.invoke(app, ["verify", str(orl_faces / "s31" / "1.pgm"), str(orl_faces / "s32" / "5.pgm")])
     assert res.exit_code == 1 and "DIFFERENT people" in res.output
 
     run = tmp_path / "run"
     shutil.copytree(orl_run, run)
+    before = json.loads((run / "bundle" / "bundle.json").read_text())["people"]["photos"]["s1"]
     res = runner.invoke(app, ["enroll", str(run), "s1", str(orl_faces / "s1" / "10.pgm")])
     assert res.exit_code == 0, res.output
     assert "known person" in res.output
-    assert json.loads((run / "bundle" / "bundle.json").read_text())["people"]["photos"]["s1"] == 8
+    assert json.loads((run / "bundle" / "bundle.json").read_text())["people"]["photos"]["s1"] == before + 1
 
 
 def test_export_head_onnx(orl_run: Path, tmp_path: Path, orl_faces: Path) -> None:
@@ -167,7 +168,7 @@ def test_export_head_onnx(orl_run: Path, tmp_path: Path, orl_faces: Path) -> Non
 
     out = people.export_onnx(orl_run, tmp_path / "head.onnx")
     predictor = people.load(orl_run)
-    emb, found = embed_images([orl_faces / "s8" / "9.pgm"], predictor.bundle["prepare"])
+    emb, found = embed_images([orl_faces / "s6" / "9.pgm"], predictor.bundle["prepare"])
     assert found.all()
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     probs = sess.run(["probs"], {"embedding": emb})[0]
@@ -175,19 +176,19 @@ def test_export_head_onnx(orl_run: Path, tmp_path: Path, orl_faces: Path) -> Non
 
 
 def test_celeba_identities_30_way_few_shot(celeba_mini: Path, tmp_path: Path) -> None:
-    """All 30 celeba-mini people, 5 training photos each, 3 held out: 30-way accuracy."""
+    """All 30 celeba-mini people, 4 training photos each, 2 held out: 30-way accuracy."""
     table = load_source(celeba_mini)
     rows: list[int] = []
     for person in sorted(set(table.identities)):
-        rows += [i for i, p in enumerate(table.identities) if p == person][:8]
-    cfg = people.FaceEmbedConfig(valid_fraction=3 / 8, seed=1)
+        rows += [i for i, p in enumerate(table.identities) if p == person][:6]
+    cfg = people.FaceEmbedConfig(valid_fraction=2 / 6, seed=1)
     run = people.train_face_embed(table.subset(rows), cfg, tmp_path / "celeba", progress=False)
     bundle = json.loads((run / "bundle" / "bundle.json").read_text())
     assert len(bundle["task"]["labels"]) == 30
     metrics = bundle["train"]["metrics"]
-    assert metrics["valid_acc"] >= 0.93, metrics  # 90 held-out photos
+    assert metrics["valid_acc"] >= 0.93, metrics  # 60 held-out photos
     # Each person left out in turn plays the stranger: most are rejected at the threshold.
-    assert bundle["open_set"]["far"] <= 0.15 and bundle["open_set"]["impostor"] == 240
+    assert bundle["open_set"]["far"] <= 0.15 and bundle["open_set"]["impostor"] == 180
 
 
 def test_calibrate_threshold_rules() -> None:
