@@ -28,6 +28,7 @@ import numpy as np
 
 from facelab._deps import require
 from facelab._io import read_json, write_bytes, write_json
+from facelab.bundle import TorchPredictor, bundle_dir_of, read_bundle, resize_crops
 from facelab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -40,23 +41,6 @@ FORMATS = ("onnx",)
 
 
 # --------------------------------------------------------------------------- bundles
-
-def bundle_dir_of(run: str | Path) -> Path:
-    """A run folder (``runs/NAME``) or its ``bundle/`` folder -> the folder with ``bundle.json``."""
-    run = Path(run).expanduser()
-    for cand in (run, run / "bundle"):
-        if (cand / "bundle.json").is_file():
-            return cand
-    if run.suffix == ".onnx" and run.is_file():
-        return run.parent
-    raise FileNotFoundError(f"{run}: no bundle.json in it or in {run / 'bundle'}; pass a run folder "
-                            f"written by `facelab train` (runs/NAME) or its bundle/ folder")
-
-
-def read_bundle(run: str | Path) -> tuple[Path, dict]:
-    bdir = bundle_dir_of(run)
-    return bdir, read_json(bdir / "bundle.json")
-
 
 def weights_digest(bundle_dir: Path, bundle: dict) -> str:
     """Hash of what the export depends on: the weights file and the bundle's model/task/input."""
@@ -237,7 +221,7 @@ def export(run: str | Path, out: str | Path | None = None, format: str = "onnx",
     report = ExportReport(str(target), str(bundle_json or ""), diff, tolerance, opset, len(data),
                           time.perf_counter() - t0, backend)
     write_json(target.with_suffix(".export.json"), asdict(report))
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())
     return report
 
 
@@ -283,28 +267,15 @@ def _export_face_embed(bdir: Path, target: Path, t0: float) -> ExportReport:
 
 # --------------------------------------------------------------------------- the onnx backend
 
-def resize_crops(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Aligned RGB uint8 crops -> one uint8 (N, size, size, 3) batch (area down, linear up)."""
-    import cv2
-
-    out = np.empty((len(crops), size, size, 3), np.uint8)
-    for i, crop in enumerate(crops):
-        crop = np.asarray(crop)
-        if crop.ndim == 2:
-            crop = np.stack([crop] * 3, axis=-1)
-        if crop.shape[:2] != (size, size):
-            shrink = crop.shape[0] > size
-            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        out[i] = crop[..., :3]
-    return out
-
-
 def _session(model: bytes | str, threads: int = 0) -> Any:
     ort = require("onnxruntime", "onnxruntime", "running ONNX models")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # No busy-waiting between calls: on a few shared cores the spinning threads would take
+    # the CPU from face detection running beside the model.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, opts, providers=_providers(ort))
 
 
@@ -352,13 +323,9 @@ class OnnxPredictor:
         batch = resize_crops(crops, self.size)
         return np.asarray(self.session.run(None, {"crops": batch})[0], dtype=np.float32)
 
-    def predict_image(self, image: np.ndarray | str | Path) -> list[Any]:
-        """A photo -> one prediction per face (the bundle's face preparation first)."""
-        from facelab.predict import predict_rgb
-        from facelab.images import read_image
-
-        rgb = read_image(image) if isinstance(image, (str, Path)) else image
-        return predict_rgb(self, rgb)
+    # A photo -> one FacePrediction per face through the bundle's face preparation: the
+    # same code as the PyTorch backend (it only needs bundle, _pipeline and predict_crops).
+    predict_image = TorchPredictor.predict_image
 
 
 # --------------------------------------------------------------------------- auto backend

@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".ti
 
 def model_name(run: str | Path) -> str:
     """A short name for a run: its folder name (``runs/smile`` -> ``smile``)."""
-    from facelab.export import bundle_dir_of
+    from facelab.bundle import bundle_dir_of
 
     bdir = bundle_dir_of(run)
     return bdir.parent.name if bdir.name == "bundle" else bdir.name
@@ -41,7 +41,8 @@ def load_predictor(run: str | Path, backend: str = "auto", threads: int = 0) -> 
     """The run's predictor. ``auto``: ONNX Runtime when the run is a PyTorch run that
     exports cleanly, else PyTorch; ``onnx``/``torch`` force one (``onnx`` fails loudly).
     face-embed and ONNX-bundle runs always use their own backend."""
-    from facelab.export import OnnxPredictor, cached_export, read_bundle
+    from facelab.bundle import read_bundle
+    from facelab.export import OnnxPredictor, cached_export
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")

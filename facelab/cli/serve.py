@@ -1,6 +1,7 @@
 """CLI commands of the serve stage (see facelab/serve/app.py)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -28,10 +29,13 @@ def serve_cmd(
     threads: int = typer.Option(0, help="Detection threads (0 = CPU cores)."),
     largest_only: bool = typer.Option(False, "--largest-only", help="Only the largest face per image."),
     max_connections: int = typer.Option(256, help="Concurrent connections before answering 503."),
+    omp_threads: int = typer.Option(1, help="OpenMP threads per operation (the server's parallelism comes "
+                                           "from concurrent requests; more threads fight over the cores)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve RUNS over HTTP: JSON API, live-video WebSocket and a web page at /."""
-    from facelab.export import bundle_dir_of
+    os.environ["OMP_NUM_THREADS"] = str(omp_threads)  # before the detector's OpenMP runtime loads
+    from facelab.bundle import bundle_dir_of
     from facelab.serve.app import ServeConfig, serve
 
     for run in runs:

@@ -1,0 +1,196 @@
+"""Benchmark inference and serving: end-to-end latency per image, service throughput.
+
+1. Single-image end-to-end latency (decode + detect + align + classify, one photo at a
+   time, in process) with ONNX Runtime and with PyTorch, on celeba-mini's 178x218 photos.
+2. ``facelab serve RUN`` started as a real uvicorn process on 127.0.0.1 (loopback only);
+   1, 4 and 16 concurrent clients POST photos (raw JPEG bodies) for a bounded time and
+   number of requests each: throughput (images/s), p50/p99 latency, errors, mean batch.
+
+Clients and server share the same (2-core, shared) machine, so the service numbers
+include the clients' own CPU use.
+
+    .venv/bin/python bench/serve.py --run runs/NAME          # table + bench/results/serve.json
+    .venv/bin/python bench/serve.py --run runs/NAME --seconds 5 --clients 1 4
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# One OpenMP thread per operation, as `facelab serve` runs (set before any library loads it).
+os.environ["OMP_NUM_THREADS"] = "1"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("FACELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+PHOTOS = DATA / "celeba-mini" / "img_align_celeba"
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    if not ms:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
+    a = np.asarray(ms)
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
+            "mean_ms": round(float(a.mean()), 2)}
+
+
+def photo_bytes(n: int) -> list[bytes]:
+    paths = sorted(PHOTOS.glob("*.jpg"))[:n]
+    if not paths:
+        sys.exit(f"no photos in {PHOTOS}: the benchmark needs ../shared/data")
+    return [p.read_bytes() for p in paths]
+
+
+# --------------------------------------------------------------------------- 1. in process
+
+def e2e_latency(run: str, backend: str, photos: list[bytes], seconds: float, max_images: int,
+                all_faces: bool) -> dict:
+    from facelab.images import decode_image
+    from facelab.predict import backend_of, load_predictor, predict_rgb
+
+    predictor = load_predictor(run, backend)
+    for data in photos[:5]:  # warm-up
+        predict_rgb(predictor, decode_image(data), all_faces)
+    ms, faces, t_end = [], 0, time.perf_counter() + seconds
+    for i in range(max_images):
+        if time.perf_counter() > t_end:
+            break
+        t0 = time.perf_counter()
+        faces += len(predict_rgb(predictor, decode_image(photos[i % len(photos)]), all_faces))
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return {"backend": backend_of(predictor), "images": len(ms), "faces": faces, **percentiles(ms)}
+
+
+# --------------------------------------------------------------------------- 2. the service
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run: str, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "facelab", "serve", run, "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import httpx
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    sys.exit("server did not start within 180 s")
+
+
+async def load_level(url: str, photos: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
+    import httpx
+
+    ms: list[float] = []
+    errors: dict[str, int] = {}
+    sent = 0
+    t_end = time.perf_counter() + seconds
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        nonlocal sent
+        i = k
+        while time.perf_counter() < t_end and sent < max_requests:
+            sent += 1
+            data = photos[i % len(photos)]
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(url, content=data, headers={"Content-Type": "image/jpeg"})
+                if r.status_code != 200:
+                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                    continue
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            ms.append((time.perf_counter() - t0) * 1e3)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        await http.post(url, content=photos[0], headers={"Content-Type": "image/jpeg"})  # warm connection
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k, http) for k in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return {"clients": clients, "requests": len(ms), "errors": errors, "seconds": round(elapsed, 2),
+            "images_per_s": round(len(ms) / elapsed, 1), **percentiles(ms)}
+
+
+def service(run: str, photos: list[bytes], levels: list[int], seconds: float, max_requests: int,
+            extra: list[str]) -> tuple[list[dict], dict]:
+    import httpx
+
+    port = free_port()
+    proc = start_server(run, port, extra)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        rows = [asyncio.run(load_level(f"{base}/api/predict", photos, c, seconds, max_requests)) for c in levels]
+        health = httpx.get(f"{base}/healthz", timeout=5).json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return rows, health
+
+
+# --------------------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="run folder to serve (the default model's run)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
+    ap.add_argument("--max-images", type=int, default=300, help="most images per latency measurement")
+    ap.add_argument("--max-requests", type=int, default=2000, help="most requests per load level")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--largest-only", action="store_true", help="serve/predict only the largest face")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "serve.json"))
+    args = ap.parse_args()
+
+    photos = photo_bytes(100)
+    all_faces = not args.largest_only
+    latency = [e2e_latency(args.run, b, photos, args.seconds, args.max_images, all_faces) for b in ("onnx", "torch")]
+    extra = ["--largest-only"] if args.largest_only else []
+    rows, health = service(args.run, photos, args.clients, args.seconds, args.max_requests, extra)
+
+    from facelab.bundle import read_bundle
+
+    _, bundle = read_bundle(args.run)
+    print(f"\nmodel {bundle['model'].get('name')} ({bundle['task']['kind']}, input {bundle['input']['size']}), "
+          f"detector {bundle['prepare'].get('detector')}, photos 178x218, {os.cpu_count()} CPU cores (shared)")
+    print(f"\n{'end-to-end (1 image)':22s} {'images':>7s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    for r in latency:
+        print(f"{r['backend']:22s} {r['images']:7d} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f}")
+    print(f"\n{'service clients':22s} {'requests':>8s} {'img/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s}  errors")
+    for r in rows:
+        print(f"{r['clients']:<22d} {r['requests']:8d} {r['images_per_s']:7.1f} {r['p50_ms']:8.1f} "
+              f"{r['p99_ms']:8.1f}  {sum(r['errors'].values()) or 'none'}")
+    print(f"batching: {json.dumps(health.get('batching'))}")
+
+    from facelab._io import write_json
+
+    write_json(args.out, {"run": args.run, "model": bundle["model"], "input": bundle["input"],
+                          "detector": bundle["prepare"].get("detector"), "all_faces": all_faces,
+                          "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                          "latency": latency, "service": rows, "batching": health.get("batching"),
+                          "command": " ".join(sys.argv)})
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
