@@ -76,7 +76,9 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXEL
                 k = min_side / max(w, h)
                 img.draft(None, (max(1, int(np.ceil(w * k))), max(1, int(np.ceil(h * k)))))
             img.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation: rotate/flip upright
+                img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
     except ImageError:
         raise
     except UnidentifiedImageError:

@@ -206,6 +206,45 @@ class FacePipeline:
         rgb = _as_rgb(rgb)
         return [PreparedFace(f, self.crop(rgb, f)) for f in self.select(self.detect(rgb))]
 
+    def process_file(self, source: str | Path | bytes, name: str = "<image>") -> tuple[list[Face], list[PreparedFace]]:
+        """:meth:`process` for an encoded photo (a path or its bytes), faster on big JPEGs.
+
+        A JPEG is decoded only as large as needed: at a reduced DCT scale for detection,
+        then for the crop at the smallest scale that still has at least the crop's
+        resolution (the full original when needed). Returns (all faces found, prepared faces).
+        Raises :class:`~facelab.images.ImageError` for unreadable input.
+        """
+        from facelab.images import decode_image
+
+        if not isinstance(source, bytes):
+            name, source = str(source), _read_bytes(Path(source))
+        c = self.config
+        fast = c.multi_face == "largest" and c.fast_side > 0
+        rgb, full = decode_image(source, name, min_side=c.fast_side if fast else c.detect_max_side,
+                                 return_full_size=True)
+        faces = self._detect_at(rgb, c.fast_side) if fast else []
+        if not faces:
+            if max(rgb.shape[:2]) < min(max(full), c.detect_max_side):
+                rgb = decode_image(source, name, min_side=c.detect_max_side)
+            faces = self._detect_at(rgb, c.detect_max_side)
+        to_full = max(full) / max(rgb.shape[:2])
+        faces = [f.scaled(to_full) if to_full != 1.0 else f for f in faces]
+        chosen = self.select(faces)
+        if chosen and to_full > 1.0:
+            need = max(_crop_scale(f, c) for f in chosen) * max(full)
+            if need > max(rgb.shape[:2]):
+                rgb = decode_image(source, name, min_side=int(np.ceil(need)))
+            to_full = max(full) / max(rgb.shape[:2])
+        return faces, [PreparedFace(f, self.crop(rgb, f.scaled(1.0 / to_full) if to_full != 1.0 else f))
+                       for f in chosen]
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageError(path, _os_reason(exc)) from None
+
 
 def _as_rgb(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
@@ -326,31 +365,19 @@ def _os_reason(exc: OSError) -> str:
 
 
 def _run_pipeline(pipeline: FacePipeline, path: str, data: bytes, sha: str) -> tuple[FileResult, list[np.ndarray]]:
-    """Decode (JPEGs at a reduced DCT scale when that loses nothing), detect, select, crop."""
-    from facelab.images import decode_image
-
-    c = pipeline.config
+    """One photo's bytes -> its result row and crops (bad input becomes a row, not an error)."""
     try:
-        rgb, full_size = decode_image(data, name=path, min_side=c.detect_max_side, return_full_size=True)
+        faces, prepared = pipeline.process_file(data, path)
     except ImageError as exc:
         return FileResult(path, "unreadable", exc.reason, sha256=sha), []
-    to_full = max(full_size) / max(rgb.shape[:2])
-    faces = [f.scaled(to_full) if to_full != 1.0 else f for f in pipeline.detect(rgb)]
-    chosen = pipeline.select(faces)
-    result = FileResult(path, "kept", n_faces=len(faces), sha256=sha, faces=[f.to_dict() for f in chosen])
+    result = FileResult(path, "kept", n_faces=len(faces), sha256=sha, faces=[p.face.to_dict() for p in prepared])
     if not faces:
         result.status, result.reason = "no_face", "no face found"
-    elif not chosen:
+    elif not prepared:
         result.status, result.reason = "several_faces", f"{len(faces)} faces (multi_face=skip)"
     elif len(faces) > 1:
-        result.reason = f"{len(faces)} faces, kept {'all' if len(chosen) > 1 else 'the largest'}"
-    if chosen and to_full > 1.0:
-        # Crop from a decode that has at least the crop's resolution (the original if needed).
-        need = max(_crop_scale(f, c) for f in chosen) * max(full_size)
-        if need > max(rgb.shape[:2]):
-            rgb = decode_image(data, name=path, min_side=int(np.ceil(need)))
-        to_full = max(full_size) / max(rgb.shape[:2])
-    return result, [pipeline.crop(rgb, f.scaled(1.0 / to_full) if to_full != 1.0 else f) for f in chosen]
+        result.reason = f"{len(faces)} faces, kept {'all' if len(prepared) > 1 else 'the largest'}"
+    return result, [p.crop for p in prepared]
 
 
 def _crop_scale(face: Face, config: PrepareConfig) -> float:

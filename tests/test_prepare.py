@@ -112,6 +112,18 @@ def test_pipeline_process_gives_aligned_crops(celeba_wild: Path) -> None:
     assert FacePipeline().process(np.full((120, 120), 128, np.uint8)) == []  # greyscale input, no face
 
 
+def test_process_file_matches_process_of_the_decoded_photo(celeba_wild: Path) -> None:
+    """The fast path (reduced JPEG decoding) crops what process() crops on the full photo."""
+    path = celeba_wild / "img_celeba" / "003410.jpg"
+    pipeline = FacePipeline({"size": 128})
+    faces, fast = pipeline.process_file(path)
+    slow = pipeline.process(read_image(path))
+    assert len(faces) >= 1 and len(fast) == len(slow) == 1
+    assert np.abs(fast[0].face.landmarks - slow[0].face.landmarks).max() < 6  # pixels of a 1280 photo
+    a, b = fast[0].crop.astype(float).ravel(), slow[0].crop.astype(float).ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.97
+
+
 def test_folder_tree_with_bad_files(folder_run, folder_source: Path) -> None:  # noqa: ANN001
     report, out, _ = folder_run
     rows = {k.split("/")[-1] if k.startswith("s3") else k: v
