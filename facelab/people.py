@@ -63,6 +63,8 @@ class FaceEmbedConfig:
     the threshold with the fewest errors (false accepts + false rejects)."""
     seed: int = 0
     """Random seed of the train/valid split."""
+    overwrite: bool = False
+    """Replace an existing run in the run folder (otherwise that is an error)."""
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -88,8 +90,11 @@ class FaceEmbedConfig:
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in src.items() if k in names and v is not None}
         for nested in ("model_kwargs", "face_embed"):
-            extra = src.get(nested) or {}
-            kw.update({k: v for k, v in dict(extra).items() if k in names})
+            extra = dict(src.get(nested) or {})
+            unknown = sorted(set(extra) - names)
+            if unknown:
+                raise ValueError(f"unknown face-embed option(s) {unknown}; valid: {sorted(names)}")
+            kw.update(extra)
         for alias in ("val_fraction", "valid_split"):
             if isinstance(src.get(alias), float):
                 kw.setdefault("valid_fraction", src[alias])
@@ -352,7 +357,8 @@ class IdentityModel:
         return names, probs, dist
 
 
-def _embed_table(table: SampleTable, prepare_config: Any, progress: bool) -> tuple[SampleTable, np.ndarray, dict]:
+def _embed_table(table: SampleTable, prepare_config: Any, progress: bool,
+                 cache_dir: str | Path | None = None) -> tuple[SampleTable, np.ndarray, dict]:
     """Prepare (cached) and embed every photo of ``table``: (table of crops, (N, 128), prepare dict)."""
     from facelab.embed import embed_paths, template_landmarks
     from facelab.prepare import as_config, prepare_table
@@ -362,7 +368,7 @@ def _embed_table(table: SampleTable, prepare_config: Any, progress: bool) -> tup
         crops = table
     else:
         prep = as_config(prepare_config)
-        crops = prepare_table(table, prep, progress=progress)
+        crops = prepare_table(table, prep, cache_dir, progress=progress)
     if len(crops) == 0:
         raise DataError(f"{table.root}: no face found in any photo; check the photos or try "
                         f"another detector (facelab prepare --detector ...)")
@@ -387,11 +393,16 @@ def train_face_embed(table: SampleTable, config: Any = None, run_dir: str | Path
     t0 = time.perf_counter()
     cfg = FaceEmbedConfig.from_train_config(config)
     run_dir = Path(run_dir)
+    progress = bool(getattr(config, "progress", progress))
+    if (run_dir / "config.json").exists() and not cfg.overwrite:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --overwrite to replace it, "
+                              f"or choose another --name")
     people = identity_table(table)
     if len(people.label_names) < 2:
         raise DataError(f"{table.root}: face-embed needs at least 2 people (found "
                         f"{people.label_names}); to compare two photos use `facelab verify`")
-    crops, emb, prep = _embed_table(people, getattr(config, "prepare", None), progress)
+    crops, emb, prep = _embed_table(people, getattr(config, "prepare", None), progress,
+                                    getattr(config, "cache_dir", None))
     labels = crops.labels
     held = _held_out_mask(crops, cfg)
     names = [str(p) for p in crops.paths]
@@ -404,26 +415,27 @@ def train_face_embed(table: SampleTable, config: Any = None, run_dir: str | Path
     metrics = _metrics(model, emb, labels, held)
     metrics.update(far=cal.far, frr=cal.frr, threshold=cal.threshold)
     seconds = time.perf_counter() - t0
+    metrics.update(images_per_second=len(crops) / max(seconds, 1e-9), time=seconds)
     bundle = _bundle_dict(model, prep, cal, pair, cfg, run_dir, len(crops) / max(seconds, 1e-9))
     bundle["train"]["metrics"] = metrics
     _write_run(run_dir, config, cfg, model, bundle, metrics)
     _save_calibration_plot(run_dir / "open_set.png", genuine, impostor, cal)
     log.info("face-embed: %d people, %d photos; valid accuracy %.3f; unknown threshold %.3f "
-             "(FAR %.3f, FRR %.3f); %s", len(model.labels), len(crops), metrics["valid_acc"],
+             "(FAR %.3f, FRR %.3f); %s", len(model.labels), len(crops), metrics["accuracy"],
              cal.threshold, cal.far, cal.frr, run_dir)
     return run_dir
 
 
 def _metrics(model: IdentityModel, emb: np.ndarray, labels: np.ndarray, held: np.ndarray) -> dict:
     out: dict[str, float] = {}
-    for name, mask in (("train", ~held), ("valid", held)):
+    for name, acc, mask in (("train", "train_accuracy", ~held), ("valid", "accuracy", held)):
         if mask.any():
             probs = np.clip(model.probs(emb[mask]), 1e-7, 1.0)
             y = labels[mask]
             out[f"{name}_loss"] = float(-np.log(probs[np.arange(len(y)), y]).mean())
-            out[f"{name}_acc"] = float((probs.argmax(1) == y).mean())
+            out[acc] = float((probs.argmax(1) == y).mean())
         else:
-            out[f"{name}_loss"] = out[f"{name}_acc"] = float("nan")
+            out[f"{name}_loss"] = out[acc] = float("nan")
     return out
 
 
@@ -472,8 +484,12 @@ def _write_run(run_dir: Path, config: Any, cfg: FaceEmbedConfig, model: Identity
                bundle: dict, metrics: dict) -> None:
     bdir = run_dir / BUNDLE_DIR
     bdir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {**_config_dict(config), "model": BACKEND, "face_embed": asdict(cfg)})
-    row = {"epoch": 1, **metrics}
+    write_json(run_dir / "config.json", {**_config_dict(config), "model": BACKEND,
+                                         "resolved": {"face_embed": asdict(cfg)}})
+    # the train stage's columns (epoch .. time), then face-embed's own
+    row = {"epoch": 1, "phase": "fit", "train_loss": metrics["train_loss"], "valid_loss": metrics["valid_loss"],
+           "accuracy": metrics["accuracy"], "lr": "", "images_per_second": metrics["images_per_second"],
+           "time": metrics["time"], **metrics}
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(row))
     writer.writeheader()

@@ -45,7 +45,7 @@ def test_run_folder_and_bundle(orl_run: Path) -> None:
     assert (orl_run / "bundle" / bundle["model"]["files"]["head"]).is_file()
     metrics = (orl_run / "metrics.csv").read_text().splitlines()
     row = dict(zip(metrics[0].split(","), metrics[1].split(",")))
-    assert float(row["valid_acc"]) >= 0.9  # 6 people, 2 held-out photos each
+    assert float(row["accuracy"]) >= 0.9  # 6 people, 2 held-out photos each
 
 
 def test_known_people_recognised_and_strangers_unknown(orl_run: Path, orl_faces: Path) -> None:
@@ -186,7 +186,7 @@ def test_celeba_identities_30_way_few_shot(celeba_mini: Path, tmp_path: Path) ->
     bundle = json.loads((run / "bundle" / "bundle.json").read_text())
     assert len(bundle["task"]["labels"]) == 30
     metrics = bundle["train"]["metrics"]
-    assert metrics["valid_acc"] >= 0.93, metrics  # 60 held-out photos
+    assert metrics["accuracy"] >= 0.93, metrics  # 60 held-out photos
     # Each person left out in turn plays the stranger: most are rejected at the threshold.
     assert bundle["open_set"]["far"] <= 0.15 and bundle["open_set"]["impostor"] == 180
 
