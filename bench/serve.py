@@ -158,14 +158,14 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=300, help="most images per latency measurement")
     ap.add_argument("--max-requests", type=int, default=2000, help="most requests per load level")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--largest-only", action="store_true", help="serve/predict only the largest face")
+    ap.add_argument("--all-faces", action="store_true", help="every face, not only the bundle's policy")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "serve.json"))
     args = ap.parse_args()
 
     photos = photo_bytes(100)
-    all_faces = not args.largest_only
+    all_faces = args.all_faces
     latency = [e2e_latency(args.run, b, photos, args.seconds, args.max_images, all_faces) for b in ("onnx", "torch")]
-    extra = ["--largest-only"] if args.largest_only else []
+    extra = ["--all-faces"] if args.all_faces else []
     rows, health = service(args.run, photos, args.clients, args.seconds, args.max_requests, extra)
 
     from facelab.bundle import read_bundle

@@ -216,6 +216,7 @@ def export(run: str | Path, out: str | Path | None = None, format: str = "onnx",
     predictor = load(bdir)
     data, diff = export_bytes(predictor, bdir, opset, tolerance)
     write_bytes(target, data)
+    _fill_cache(weights_digest(bdir, bundle), data)
     if bundle_json:
         write_json(bundle_json, onnx_bundle(bundle, weights_digest(bdir, bundle), target.name))
     report = ExportReport(str(target), str(bundle_json or ""), diff, tolerance, opset, len(data),
@@ -223,6 +224,14 @@ def export(run: str | Path, out: str | Path | None = None, format: str = "onnx",
     write_json(target.with_suffix(".export.json"), asdict(report))
     log.debug("%s", report.summary())
     return report
+
+
+def _fill_cache(digest: str, data: bytes) -> None:
+    """Keep a copy where predict/serve look for on-the-fly exports (saves a re-export)."""
+    try:
+        write_bytes(cache_path(digest), data)
+    except OSError as exc:  # a read-only cache is not a reason to fail the export
+        log.debug("could not cache the export: %s", exc)
 
 
 def _targets(bdir: Path, out: str | Path | None) -> tuple[Path, Path | None]:
@@ -336,11 +345,9 @@ def cached_export(bdir: Path, bundle: dict) -> Path | None:
     the export fails (the caller falls back to PyTorch)."""
     digest = weights_digest(bdir, bundle)
     own = bdir / ONNX_FILE
-    if own.is_file() and _digest_of(own) == digest:
+    if own.is_file() and export_digest(own) == digest:
         return own
-    from facelab.prepare import default_cache_dir
-
-    cached = default_cache_dir() / "onnx" / f"{digest}.onnx"
+    cached = cache_path(digest)
     if cached.is_file():
         return cached
     try:
@@ -354,7 +361,14 @@ def cached_export(bdir: Path, bundle: dict) -> Path | None:
     return write_bytes(cached, data)
 
 
-def _digest_of(path: Path) -> str:
+def cache_path(digest: str) -> Path:
+    """Where on-the-fly exports live: ``$FACELAB_CACHE/onnx/<digest>.onnx``."""
+    from facelab.prepare import default_cache_dir
+
+    return default_cache_dir() / "onnx" / f"{digest}.onnx"
+
+
+def export_digest(path: Path) -> str:
     try:
         onnx = require("onnx", "onnx", "reading ONNX metadata")
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

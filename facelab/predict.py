@@ -68,9 +68,12 @@ def backend_of(predictor: Any) -> str:
 _PIPELINES: dict[str, Any] = {}
 
 
-def face_pipeline(bundle: dict, all_faces: bool = True) -> Any:
-    """The bundle's face preparation (shared per config). ``all_faces`` keeps every face in
-    the photo; the crops are identical to the ones training saw either way."""
+def face_pipeline(bundle: dict, all_faces: bool = False) -> Any:
+    """The bundle's face preparation (shared per config), exactly as training used it.
+
+    ``all_faces`` keeps every face of a photo even when the run was prepared with
+    ``multi_face="largest"``; the detector then skips its fast low-resolution first pass,
+    so landmarks (and crops) can differ slightly from the ones training saw."""
     from facelab.prepare import FacePipeline, PrepareConfig
 
     config = PrepareConfig.from_dict(bundle.get("prepare"))
@@ -126,7 +129,7 @@ def prediction_dict(task: Task, probs: np.ndarray) -> dict[str, Any]:
             "decision": decision, "top": task.labels[int(probs.argmax())]}
 
 
-def predict_rgb(predictor: Any, rgb: np.ndarray, all_faces: bool = True) -> list[FaceResult]:
+def predict_rgb(predictor: Any, rgb: np.ndarray, all_faces: bool = False) -> list[FaceResult]:
     """One RGB photo -> a :class:`FaceResult` per face (largest first)."""
     prepared = face_pipeline(predictor.bundle, all_faces).process(rgb)
     if not prepared:
@@ -234,14 +237,15 @@ def _short(text: str, width: int) -> str:
 
 
 def predict(run: str | Path, inputs: Sequence[str | Path] | str | Path, backend: str = "auto",
-            all_faces: bool = True, batch_photos: int = 16, progress: bool = True) -> PredictReport:
+            all_faces: bool = False, batch_photos: int = 16, progress: bool = True) -> PredictReport:
     """Predict every face in ``inputs`` (photos, folders, globs) with the run's model.
 
     Args:
         run: run folder or bundle folder.
         inputs: photo paths, folders (searched recursively) or glob patterns.
         backend: ``auto`` (ONNX Runtime when possible), ``onnx`` or ``torch``.
-        all_faces: every face in a photo (default) or only the largest.
+        all_faces: every face of a photo, not only the ones the bundle's ``multi_face``
+            policy keeps (see :func:`face_pipeline`).
         batch_photos: photos whose faces go through the model in one call.
         progress: show a progress bar.
     """

@@ -19,7 +19,8 @@ def predict_cmd(
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV (one row per face) instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON/CSV/table to this file."),
     backend: str = typer.Option("auto", help="auto (ONNX Runtime when possible), onnx or torch."),
-    largest_only: bool = typer.Option(False, "--largest-only", help="Only the largest face of each photo."),
+    all_faces: bool = typer.Option(False, "--all-faces",
+                                   help="Every face of a photo, even when the run keeps only the largest."),
     top: int = typer.Option(3, help="Probabilities shown per face in the table."),
 ) -> None:
     """Find every face in PATHS and print its box and probabilities per label."""
@@ -28,7 +29,7 @@ def predict_cmd(
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
-    report = predict(run, paths, backend=backend, all_faces=not largest_only)
+    report = predict(run, paths, backend=backend, all_faces=all_faces)
     text = report_json(report) if as_json else report.to_csv() if as_csv else report.table(top)
     if out is not None:
         write_text(out, text if text.endswith("\n") else text + "\n")

@@ -27,7 +27,8 @@ def serve_cmd(
     max_batch: int = typer.Option(32, help="Most face crops per model call."),
     max_wait_ms: float = typer.Option(4.0, help="Longest wait for a batch to fill, in ms."),
     threads: int = typer.Option(0, help="Detection threads (0 = CPU cores)."),
-    largest_only: bool = typer.Option(False, "--largest-only", help="Only the largest face per image."),
+    all_faces: bool = typer.Option(False, "--all-faces",
+                                   help="Every face of an image, even when the run keeps only the largest."),
     max_connections: int = typer.Option(256, help="Concurrent connections before answering 503."),
     omp_threads: int = typer.Option(1, help="OpenMP threads per operation (the server's parallelism comes "
                                            "from concurrent requests; more threads fight over the cores)."),
@@ -44,7 +45,7 @@ def serve_cmd(
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_pixels=int(max_megapixels * 1e6), request_timeout=timeout,
                          cors_origins=tuple(cors_origin), max_batch=max_batch, max_wait_ms=max_wait_ms,
-                         threads=threads, all_faces=not largest_only)
+                         threads=threads, all_faces=all_faces)
     typer.echo(f"facelab serve: http://{host}:{port}/  (API docs: /docs"
                f"{', API key required' if config.api_key else ''})")
     serve(config, host=host, port=port, log_level=log_level, max_connections=max_connections)

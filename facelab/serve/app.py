@@ -56,8 +56,8 @@ class ServeConfig:
     """Longest a request waits for others to join its batch."""
     threads: int = 0
     """Threads for decoding and face detection (0 = number of CPU cores)."""
-    all_faces: bool = True
-    """Predict every face in a photo (False: only the largest)."""
+    all_faces: bool = False
+    """Every face of an image, even when the run's ``multi_face`` policy keeps the largest."""
     max_faces: int = 32
     """At most this many faces per image are classified (largest first)."""
 

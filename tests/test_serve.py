@@ -1,0 +1,193 @@
+"""facelab serve against a real uvicorn process on 127.0.0.1, with real face photos."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from facelab.bundle import read_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(runs: list[Path], workdir: Path, *args: str) -> Iterator[str]:
+    """``python -m facelab serve RUNS`` on a free loopback port; yields its base URL.
+
+    The server's TMPDIR is an empty folder of its own, so a test can check that nothing
+    uploaded was written to disk."""
+    port = free_port()
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    log = open(workdir / "server.log", "wb")
+    env = {**os.environ, "TMPDIR": str(workdir / "tmp")}
+    cmd = [sys.executable, "-m", "facelab", "serve", *map(str, runs), "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited ({proc.returncode}): {(workdir / 'server.log').read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            if time.time() > deadline:
+                pytest.fail(f"server did not start: {(workdir / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(celeba_run: Path, binary_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    work = tmp_path_factory.mktemp("serve")
+    with running_server([celeba_run, binary_run], work, "--api-key", KEY, "--max-upload-mb", "1",
+                        "--max-megapixels", "2") as url:
+        yield url, work
+
+
+@pytest.fixture(scope="module")
+def photos(celeba_wild: Path) -> list[Path]:
+    return sorted((celeba_wild / "img_celeba").glob("*.jpg"))
+
+
+def _post(url: str, data: bytes, key: str | None = KEY, name: str = "photo.jpg", **params: str) -> httpx.Response:
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.post(f"{url}/api/predict", files={"image": (name, data, "image/jpeg")}, headers=headers,
+                      params=params, timeout=60)
+
+
+def _model_names(runs: list[Path]) -> list[str]:
+    from facelab.predict import model_name
+
+    return [model_name(r) for r in runs]
+
+
+def test_health_docs_and_models(server: tuple[str, Path], celeba_run: Path, binary_run: Path) -> None:
+    url, _ = server
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    assert httpx.get(f"{url}/docs").status_code == 200
+    assert "/api/predict" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    denied = httpx.get(f"{url}/api/models")
+    assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+    models = httpx.get(f"{url}/api/models", headers={"X-API-Key": KEY}).json()["models"]
+    assert [m["name"] for m in models] == _model_names([celeba_run, binary_run])
+    for m, run in zip(models, (celeba_run, binary_run)):
+        assert m["task"] == read_bundle(run)[1]["task"]  # rebuilt from bundle.json, not restated
+    assert httpx.get(f"{url}/").headers["content-type"].startswith("text/html")
+
+
+def test_concurrent_predictions_are_each_correct(server: tuple[str, Path], photos: list[Path],
+                                                 celeba_run: Path, binary_run: Path) -> None:
+    """12 requests at once are batched together; each gets its own faces' probabilities."""
+    from facelab.predict import load_predictor, predict_rgb
+    from facelab.images import read_image
+
+    url, _ = server
+    chosen = photos[:12]
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(
+                f"{url}/api/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")},
+                headers={"X-API-Key": KEY}) for p in chosen))
+
+    responses = asyncio.run(all_at_once())
+    names = _model_names([celeba_run, binary_run])
+    local = [load_predictor(r) for r in (celeba_run, binary_run)]
+    for photo, r in zip(chosen, responses):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        rgb = read_image(photo)
+        assert (body["height"], body["width"]) == rgb.shape[:2]
+        assert body["faces"], f"no face found in {photo.name}"
+        for name, predictor in zip(names, local):
+            expected = predict_rgb(predictor, rgb)
+            got = [f for f in body["faces"] if name in f["predictions"]]
+            assert len(got) == len(expected)
+            for g, e in zip(got, expected):
+                assert np.allclose(g["box"], e.face.box, atol=0.02)
+                probs = np.asarray(list(g["predictions"][name]["probs"].values()))
+                assert np.abs(probs - e.probs).max() < 1e-3
+    stats = httpx.get(f"{url}/healthz").json()["batching"]
+    assert sum(s["items"] for s in stats.values()) >= 2 * len(chosen)
+
+
+def test_model_selection_and_raw_body(server: tuple[str, Path], photos: list[Path], binary_run: Path) -> None:
+    url, _ = server
+    name = _model_names([binary_run])[0]
+    r = httpx.post(f"{url}/api/predict", content=photos[0].read_bytes(), params={"models": name},
+                   headers={"X-API-Key": KEY, "Content-Type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["models"] == [name]
+    assert all(list(f["predictions"]) == [name] for f in r.json()["faces"])
+    bad = _post(url, photos[0].read_bytes(), models="no-such-model")
+    assert bad.status_code == 404 and "no-such-model" in bad.json()["error"]["message"]
+
+
+def test_bad_inputs_get_clear_json_errors(server: tuple[str, Path], photos: list[Path], tmp_path: Path) -> None:
+    url, work = server
+    good = photos[0].read_bytes()
+    cases = {
+        "not an image": (_post(url, b"GIF89a? no, just text pretending to be a photo"), 415, "not_an_image"),
+        "truncated JPEG": (_post(url, good[: len(good) // 2]), 400, "bad_image"),
+        "too many bytes": (_post(url, good + os.urandom(1_100_000)), 413, "upload_too_large"),
+        "missing key": (_post(url, good, key=None), 401, "unauthorized"),
+        "wrong key": (_post(url, good, key="guess"), 401, "unauthorized"),
+    }
+    big = io.BytesIO()
+    Image.open(photos[0]).convert("RGB").resize((1800, 1500)).save(big, "JPEG", quality=30)
+    cases["too many pixels"] = (_post(url, big.getvalue()), 413, "image_too_large")
+    empty = httpx.post(f"{url}/api/predict", data={"note": "no file"}, headers={"X-API-Key": KEY})
+    cases["form without a file"] = (empty, 400, "missing_image")
+    for what, (r, status, code) in cases.items():
+        assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
+        assert r.json()["error"]["code"] == code, what
+        assert r.json()["error"]["message"], what
+    assert not any((work / "tmp").rglob("*")), "an upload was written to disk"
+
+
+def test_websocket_stream(server: tuple[str, Path], photos: list[Path], celeba_run: Path) -> None:
+    import websockets.sync.client as ws_client
+
+    url, _ = server
+    name = _model_names([celeba_run])[0]
+    ws_url = url.replace("http://", "ws://") + f"/api/stream?models={name}&api_key={KEY}"
+    with ws_client.connect(ws_url, max_size=None) as ws:
+        for photo in photos[:3]:
+            ws.send(photo.read_bytes())
+            answer = json.loads(ws.recv(timeout=60))
+            assert answer["faces"] and name in answer["faces"][0]["predictions"]
+        ws.send(b"definitely not a jpeg")
+        assert json.loads(ws.recv(timeout=60))["error"]["code"] == "not_an_image"
+        ws.send(photos[3].read_bytes())  # the stream goes on after a bad frame
+        assert "faces" in json.loads(ws.recv(timeout=60))
+    with ws_client.connect(url.replace("http://", "ws://") + "/api/stream") as ws:
+        assert json.loads(ws.recv(timeout=30))["error"]["code"] == "unauthorized"
