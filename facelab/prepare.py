@@ -68,7 +68,7 @@ class PrepareConfig:
     detect_max_side: int = 640
     """Photos larger than this (longest side) are downscaled for detection; crops are cut
     from the full-resolution original."""
-    fast_side: int = 160
+    fast_side: int = 128
     """With ``multi_face="largest"``, detect first on the photo shrunk to this longest side
     (several times faster) and fall back to ``detect_max_side`` only when no face is found.
     0 turns the fast first pass off."""
@@ -537,7 +537,7 @@ class PrepareReport:
 
 def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | None = None,
             workers: int = 2, cache_dir: str | Path | None = None, progress: bool = True,
-            report_html: bool = True, grid_size: int = 24) -> PrepareReport:
+            report_html: bool = True, grid_size: int = 24, processes: bool = False) -> PrepareReport:
     """Detect, align and crop every photo of ``src`` into ``out``, keeping layout and labels.
 
     ``src`` is anything :func:`facelab.data.load_source` reads. The output is loadable the
@@ -552,7 +552,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | Non
     if out == table.root or (table.root.is_dir() and out.is_relative_to(table.root) and table.source != "csv"):
         raise ValueError(f"{out}: the output folder must not be inside the source {table.root}")
     t0 = time.perf_counter()
-    results = run_files(table.paths, config, cache_dir, workers, progress)
+    results = run_files(table.paths, config, cache_dir, workers, progress, processes=processes)
     rows = _write_outputs(table, results, out, config)
     seconds = time.perf_counter() - t0
     counts = dict(Counter(r.status for r in results))

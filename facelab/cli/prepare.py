@@ -17,32 +17,33 @@ def register(app: typer.Typer) -> None:
 def prepare_cmd(
     src: Path = typer.Argument(..., help="Photos: a folder per class, a CelebA root, or a CSV."),
     out: Path = typer.Argument(..., help="Output folder (same layout and labels, aligned crops)."),
-    detector: str = typer.Option("yuface", help="Face detector (see `facelab detectors`)."),
+    detector: Optional[str] = typer.Option(None, help="Face detector (see `facelab detectors`; default yuface)."),
     detector_option: list[str] = typer.Option([], "--detector-option", "-D",
                                               help="Detector option KEY=VALUE, e.g. -D min_neighbors=5."),
-    size: int = typer.Option(224, help="Side of the square crop in pixels."),
-    template: str = typer.Option("celeba", help="Alignment template: celeba (keeps hair, hats) or tight."),
-    margin: float = typer.Option(0.0, help="Extra context on each side, fraction of the template frame."),
-    multi_face: str = typer.Option("largest", help="Several faces: largest, all or skip."),
-    light: str = typer.Option("none", help="Light balancing: none or clahe."),
-    background: str = typer.Option("keep", help="Outside the face: keep, blur or grey."),
-    detect_max_side: int = typer.Option(640, help="Downscale photos to this longest side for detection."),
-    fast_side: int = typer.Option(160, help="First try detection at this longest side (0 = off)."),
-    min_face: int = typer.Option(24, help="Ignore faces narrower than this (pixels)."),
-    fmt: str = typer.Option("jpg", "--format", help="Crop format: jpg or png."),
-    workers: int = typer.Option(2, help="Parallel worker processes."),
+    size: Optional[int] = typer.Option(None, help="Side of the square crop in pixels [224]."),
+    template: Optional[str] = typer.Option(None, help="Alignment template: celeba (keeps hair, hats) or tight."),
+    margin: Optional[float] = typer.Option(None, help="Extra context per side, fraction of the template [0]."),
+    multi_face: Optional[str] = typer.Option(None, help="Several faces: largest (default), all or skip."),
+    light: Optional[str] = typer.Option(None, help="Light balancing: none (default) or clahe."),
+    background: Optional[str] = typer.Option(None, help="Outside the face: keep (default), blur or grey."),
+    detect_max_side: Optional[int] = typer.Option(None, help="Longest side photos are shrunk to for detection [640]."),
+    fast_side: Optional[int] = typer.Option(None, help="First detection try at this longest side, 0 = off [128]."),
+    min_face: Optional[int] = typer.Option(None, help="Ignore faces narrower than this many pixels [24]."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Crop format: jpg (default) or png."),
+    workers: int = typer.Option(2, help="Parallel workers."),
+    processes: bool = typer.Option(False, "--processes", help="Worker processes instead of threads."),
     cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default $FACELAB_CACHE or ~/.cache/facelab)."),
     no_html: bool = typer.Option(False, "--no-html", help="Skip the HTML report."),
 ) -> None:
     """Detect, align and crop the faces of SRC into OUT, with a report of every reject."""
     from facelab.prepare import PrepareConfig, prepare
 
-    config = PrepareConfig(detector=detector, detector_options=_parse_options(detector_option), size=size,
-                           template=template, margin=margin, multi_face=multi_face, light=light,
-                           background=background, detect_max_side=detect_max_side, fast_side=fast_side,
-                           min_face=min_face,
-                           format=fmt)
-    report = prepare(src, out, config, workers=workers, cache_dir=cache_dir, report_html=not no_html)
+    given = dict(detector=detector, size=size, template=template, margin=margin, multi_face=multi_face,
+                 light=light, background=background, detect_max_side=detect_max_side, fast_side=fast_side,
+                 min_face=min_face, format=fmt, detector_options=_parse_options(detector_option) or None)
+    config = PrepareConfig.from_dict({k: v for k, v in given.items() if v is not None})
+    report = prepare(src, out, config, workers=workers, cache_dir=cache_dir, report_html=not no_html,
+                     processes=processes)
     typer.echo(report.summary())
     typer.echo(f"output:  {report.out}")
     typer.echo(f"reasons: {report.csv_path}")
