@@ -119,7 +119,9 @@ def test_process_file_matches_process_of_the_decoded_photo(celeba_wild: Path) ->
     faces, fast = pipeline.process_file(path)
     slow = pipeline.process(read_image(path))
     assert len(faces) >= 1 and len(fast) == len(slow) == 1
-    assert np.abs(fast[0].face.landmarks - slow[0].face.landmarks).max() < 6  # pixels of a 1280 photo
+    # yuface gives whole-pixel landmarks at the 128 px fast-pass size: 1 px there is 10 px of
+    # this 1280 px photo, about 4 % of the face's width; both paths agree within that.
+    assert np.abs(fast[0].face.landmarks - slow[0].face.landmarks).max() <= 0.05 * slow[0].face.width
     a, b = fast[0].crop.astype(float).ravel(), slow[0].crop.astype(float).ravel()
     assert np.corrcoef(a, b)[0, 1] > 0.97
 
