@@ -142,3 +142,21 @@ def preview(images: Sequence[np.ndarray], cfg: AugmentConfig, out: str | Path, p
         tiles += [img, *aug]
         captions += ["original", *[f"augmented {i + 1}" for i in range(per_image - 1)]]
     return save_grid(out, tiles, captions, cols=per_image, tile=size, caption_lines=1)
+
+
+def preview_images(source: str | Path, n: int = 4) -> list[np.ndarray]:
+    """The first ``n`` face crops of a data source (through face preparation, as training
+    sees them), or the single image ``source``."""
+    from facelab.data import is_image_file, load_source
+    from facelab.images import read_image
+
+    source = Path(source)
+    if source.is_file() and is_image_file(source):
+        return [read_image(source)]
+    table = load_source(source)
+    table = table.subset(range(min(n, len(table))))
+    if table.prepared is None:
+        from facelab.prepare import prepare_table
+
+        table = prepare_table(table, None, progress=False)
+    return [read_image(p) for p in table.paths]

@@ -174,7 +174,7 @@ def offline_options() -> str:
     return "\n".join(lines)
 
 
-class WeightsNotFound(RuntimeError):
+class WeightsNotFound(ValueError):
     """Pretrained weights were asked for and none could be found."""
 
 

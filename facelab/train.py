@@ -603,7 +603,7 @@ def _check_run_dir(config: TrainConfig, run_dir: Path) -> dict | None:
                              f"{ {k: saved[k] for k in changed} }); use another --name")
         return torch.load(last, map_location="cpu", weights_only=False)
     if (run_dir / "config.json").exists() and not config.overwrite:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite "
+        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite "
                               f"to replace it, or choose another --name")
     return None
 
@@ -671,6 +671,7 @@ def _train_single(config: TrainConfig) -> Path:
         write_json(run_dir / "labels.json", list(data.task.labels))
     state = State(**ckpt["state"]) if ckpt is not None else State()
     run_epochs(config, net, model, data, loss_fn, balance, rt, batch_size, state, ckpt, run_dir)
+    _check_ranks_agree(model, rt, run_dir)
     if rt.main:
         _write_bundle(config, model, data, size, spec, state, run_dir)
     _barrier(rt)
@@ -685,6 +686,27 @@ def _wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     # frozen-backbone epochs leave parameters without gradients
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def weights_checksum(model: nn.Module) -> float:
+    """One number summarising the weights (equal weights -> equal sums, bit for bit)."""
+    return float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
+
+
+def _check_ranks_agree(model: nn.Module, rt: Runtime, run_dir: Path) -> None:
+    """DDP keeps every rank's weights identical; verify it and record it in ``ddp.json``."""
+    if rt.world == 1:
+        return
+    import torch.distributed as dist
+
+    sums: list[Any] = [None] * rt.world
+    dist.all_gather_object(sums, weights_checksum(model))
+    if rt.main:
+        agree = len(set(sums)) == 1
+        write_json(run_dir / "ddp.json", {"world_size": rt.world, "backend": dist.get_backend(),
+                                          "checksums": sums, "ranks_agree": agree})
+        if not agree:
+            log.error("DDP ranks ended with different weights: %s", sums)
 
 
 def _broadcast(obj: Any, rt: Runtime) -> Any:
