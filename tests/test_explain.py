@@ -1,0 +1,119 @@
+"""facelab explain: CAMs on real faces, mapping back onto the photo, feature maps, filters."""
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from facelab.cli import app
+from facelab.explain import (CAM_METHODS, ExplainConfig, crop_transform, explain, explain_photo, feature_maps,
+                             first_layer_filters)
+
+X = importlib.import_module("facelab.explain")
+EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//|url\(\s*["']?(https?:)?//""", re.I)
+
+
+def _wild(celeba_wild: Path, n: int) -> list[Path]:
+    return sorted((celeba_wild / "img_celeba").glob("*.jpg"))[:n]
+
+
+@pytest.fixture(scope="module")
+def celeba_predictor(celeba_run: Path):
+    from facelab.bundle import load
+
+    return load(celeba_run)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_cam_on_real_photos_is_non_trivial_and_maps_back_through_the_alignment(celeba_predictor, celeba_wild,
+                                                                              method):
+    from facelab.align import transform_points
+
+    for path in _wild(celeba_wild, 3):
+        e = explain_photo(celeba_predictor, path, ExplainConfig(method=method))
+        assert e is not None and e.face is not None
+        cam = e.cam
+        assert cam.shape == e.crop.shape[:2] and cam.max() == pytest.approx(1.0)
+        assert cam.std() > 0.05 and (cam > 0.1).mean() > 0.05  # a map, not a constant or a single pixel
+        # the map on the photo is the crop's map carried back: the photo's peak, pushed through
+        # the alignment transform, lands on the crop's hottest area; nothing outside the crop
+        m = crop_transform(e.face, celeba_predictor.bundle["prepare"])
+        y, x = np.unravel_index(e.cam_original.argmax(), e.cam_original.shape)
+        cx, cy = transform_points(m, np.array([[x, y]], float))[0]
+        assert cam[int(round(cy)), int(round(cx))] > 0.9
+        footprint = X.to_original(np.ones_like(cam), e.face, celeba_predictor.bundle["prepare"], e.original.shape)
+        assert e.cam_original[footprint == 0].max(initial=0) == 0
+        # the face box lies inside the crop's footprint on the photo
+        x0, y0, x1, y1 = (int(v) for v in e.face.box)
+        assert footprint[(y0 + y1) // 2, (x0 + x1) // 2] > 0.99
+
+
+def test_cam_peak_for_a_chosen_attribute_and_bad_targets(celeba_predictor, celeba_wild):
+    path = _wild(celeba_wild, 1)[0]
+    e = explain_photo(celeba_predictor, path, ExplainConfig(target="Eyeglasses"))
+    assert e.label == "Eyeglasses"
+    with pytest.raises(ValueError, match="valid: gradcam"):
+        ExplainConfig(method="lime")
+    with pytest.raises(ValueError, match="the model's labels are"):
+        explain_photo(celeba_predictor, path, ExplainConfig(target="Wings"))
+
+
+def test_batch_grid_feature_maps_filters_and_offline_html(celeba_run: Path, celeba_wild: Path, tmp_path: Path):
+    bad = tmp_path / "not_a_photo.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    photos = [*_wild(celeba_wild, 3), bad]
+    result = explain(celeba_run, photos, out=tmp_path / "ex")
+    assert len(result.items) == 3  # the broken file is skipped, the batch goes on
+    for key in ("grid", "feature_maps", "filters", "cam_0"):
+        data = result.files[key].read_bytes()
+        assert data[:4] == b"\x89PNG" and len(data) > 2000
+    html = result.files["html"].read_text()
+    assert "data:image/png;base64," in html and not EXTERNAL.search(html)
+
+
+def test_feature_maps_after_conv_activation_and_pool(celeba_predictor, orl_run: Path, celeba_wild: Path):
+    from facelab.bundle import load
+
+    crop = explain_photo(celeba_predictor, _wild(celeba_wild, 1)[0], ExplainConfig(feature_maps=False)).crop
+    maps = feature_maps(celeba_predictor, crop, blocks=2)
+    kinds = [caption.split()[2] for caption, _ in maps]
+    assert kinds[:3] == ["conv", "activation", "pool"] and kinds.count("conv") == 2
+    assert all(m.ndim == 3 and m.std() > 0 for _, m in maps)
+    filters = first_layer_filters(load(orl_run))
+    assert filters.ndim == 4 and filters.shape[-1] == 3 and filters.dtype == np.uint8 and filters.std() > 0
+
+
+def test_timm_model_is_explained_too(celeba_predictor, celeba_wild: Path):
+    """A timm network (EfficientNet-Lite0, random init, no download) behind the same predictor."""
+    import copy
+
+    from facelab.models import create_model
+
+    predictor = copy.copy(celeba_predictor)
+    predictor.model = create_model("efficientnet_lite0", predictor.task.num_outputs, pretrained=False).eval()
+    e = explain_photo(predictor, _wild(celeba_wild, 1)[0], ExplainConfig(method="hirescam"))
+    assert e.cam.std() > 0.01 and e.cam.max() == pytest.approx(1.0)
+    kinds = [c.split()[2] for c, _ in feature_maps(predictor, e.crop, blocks=2)]
+    assert "conv" in kinds and "activation" in kinds
+
+
+def test_cli_explain_and_clear_errors(binary_run: Path, tmp_path: Path, celeba_wild: Path, celeba_mini: Path):
+    aligned = sorted((celeba_mini / "img_align_celeba").glob("*.jpg"))[:2]
+    r = CliRunner().invoke(app, ["explain", str(binary_run), *map(str, aligned), "--aligned", "--no-feature-maps",
+                                 "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    assert "explained 2 of 2" in r.output and (tmp_path / "cli" / "explain.html").is_file()
+    with pytest.raises(FileNotFoundError, match="no such run folder"):
+        explain(tmp_path / "missing", aligned)
+    with pytest.raises(ValueError, match="no photos"):
+        explain(binary_run, [])
+    blank = tmp_path / "blank.png"
+    from PIL import Image
+
+    Image.new("RGB", (200, 200), "white").save(blank)
+    with pytest.raises(ValueError, match="no face found"):
+        explain(binary_run, [blank], out=tmp_path / "none")
