@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +106,65 @@ def test_backend_registry_errors(tmp_path: Path, celeba_run: Path) -> None:
         B.backend_class("tensorflow")
     with pytest.raises(FileNotFoundError, match="no bundle.json"):
         B.load(tmp_path)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "facelab", "train", *args]
+
+
+def test_kill_9_mid_epoch_loses_at_most_that_epoch(orl_faces: Path, tmp_path: Path) -> None:
+    import torch
+
+    from facelab.train import train
+
+    common = ["--model", "lenet5", "--size", "32", "--epochs", "3", "--batch-size", "16", "--max-batches", "5",
+              "--seed", "3", "--threads", "1", "--no-tensorboard"]
+    env = {**os.environ, "FACELAB_LOG": "WARNING"}
+    run = tmp_path / "r"
+    last = run / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(_cli(str(orl_faces), *common, "--out", str(tmp_path), "--name", "r"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # during epoch 2: its work is lost, epoch 1 is not
+    proc.wait()
+    saved = torch.load(last, weights_only=False)
+    done = saved["state"]["epoch"]
+    assert 1 <= done < 3 and not (run / "bundle" / "bundle.json").exists()
+    first_rows = saved["state"]["history"]
+
+    resumed = subprocess.run(_cli(str(orl_faces), *common, "--out", str(tmp_path), "--name", "r", "--resume"),
+                             env=env, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[0]["train_loss"]) == pytest.approx(first_rows[0]["train_loss"], rel=1e-5)
+
+    # the interrupted + resumed run ends exactly where an uninterrupted one does (--seed)
+    threads = torch.get_num_threads()
+    try:
+        whole = train(orl_faces, model="lenet5", image_size=32, epochs=3, batch_size=16, max_batches=5, seed=3,
+                      threads=1, tensorboard=False, progress=False, out=str(tmp_path), name="whole")
+    finally:
+        torch.set_num_threads(threads)
+    a = torch.load(run / "bundle" / "weights.pt")
+    b = torch.load(whole / "bundle" / "weights.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_requests_are_specific(orl_faces: Path, celeba_mini: Path, celeba_run: Path) -> None:
+    from facelab.data import DataError
+    from facelab.train import TrainConfig, train
+
+    with pytest.raises(DataError, match="Smilling.*valid names.*Smiling"):
+        train(celeba_mini, attrs=["Smilling"], model="lenet5", out=str(celeba_run.parent), name="typo")
+    with pytest.raises(ValueError, match="--resume"):
+        train(orl_faces, model="lenet5", out=str(celeba_run.parent), name=celeba_run.name)
+    with pytest.raises(ValueError, match="unknown model 'lenet6'"):
+        TrainConfig(data=str(orl_faces), model="lenet6")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainConfig(data=str(orl_faces), schedule="linear")
+    assert TrainConfig(data="x", model="lenet5").pretrained is False
+    assert TrainConfig(data="x", model="mobilenetv2_100").pretrained is True

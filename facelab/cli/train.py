@@ -67,6 +67,7 @@ def train_cmd(
     weights: Optional[Path] = typer.Option(None, help="Local backbone weights file."),
     download_weights: bool = typer.Option(False, "--download-weights", help="Allow a hub download."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads [torch default / OMP_NUM_THREADS]."),
     max_batches: Optional[int] = typer.Option(None, help="Cap on steps per epoch (smoke runs)."),
     ensemble: int = typer.Option(1, help="Train K members (seeds seed..seed+K-1) as one ensemble run."),
     detector: Optional[str] = typer.Option(None, help="Face detector for raw photos [yuface]."),
@@ -84,7 +85,7 @@ def train_cmd(
                 schedule=schedule, augment=augment, augment_options=_options(augment_option, "--augment-option"),
                 imbalance=imbalance, valid_fraction=valid_fraction, seed=seed, patience=patience, monitor=monitor,
                 pretrained=pretrained, weights=str(weights) if weights else None, download_weights=download_weights,
-                device=device, max_batches=max_batches, ensemble=ensemble,
+                device=device, threads=threads, max_batches=max_batches, ensemble=ensemble,
                 prepare=_prepare(detector, prepare_option), cache_dir=cache_dir, resume=resume,
                 overwrite=overwrite, tensorboard=tensorboard)
     typer.echo(f"run:    {run}")
