@@ -34,7 +34,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = Path(os.environ.get("FACELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-SETS = {"celeba-mini": DATA / "celeba-mini", "celeba-wild-mini": DATA / "celeba-wild-mini"}
+# celeba-wild-mini holds both img_celeba/ (uncropped) and img_align_celeba/ (official crops);
+# pointing at the image folder makes load_source read the uncropped photos.
+SETS = {"celeba-mini": DATA / "celeba-mini", "celeba-wild-mini": DATA / "celeba-wild-mini" / "img_celeba"}
+WILD_ROOT = DATA / "celeba-wild-mini"
 
 
 def classic_haar(paths: list[Path]) -> dict:
@@ -151,6 +154,7 @@ def main() -> None:
     try:
         for set_name, src in SETS.items():
             paths = load_source(src).paths
+            assert set_name != "celeba-wild-mini" or all(p.parent.name == "img_celeba" for p in paths)
             row = {"set": set_name, "method": "classic haar loop (1 process)", **classic_haar(paths)}
             rows.append(row)
             print(_fmt(row), flush=True)
@@ -159,7 +163,7 @@ def main() -> None:
                 row = {"set": set_name, "method": f"facelab prepare --detector {det} (2 workers, cold)",
                        "detector": det, **run_prepare(src, out, tmp / f"cache-{det}", detector=det)}
                 if set_name == "celeba-wild-mini":
-                    row["alignment"] = alignment_quality(out, src, reference)
+                    row["alignment"] = alignment_quality(out, WILD_ROOT, reference)
                 rows.append(row)
                 print(_fmt(row), flush=True)
                 if det == default:

@@ -261,6 +261,18 @@ def test_unreadable_path_is_reported_and_the_run_goes_on(tmp_path: Path, orl_fac
     assert results[1].reason
 
 
+def test_csv_source_gets_a_csv_of_crops(tmp_path: Path, orl_faces: Path) -> None:
+    rows = ["path,label,split"] + [f"{orl_faces}/s{p}/{k}.pgm,person{p},{'train' if k < 3 else 'test'}"
+                                   for p in (7, 8) for k in (1, 2, 3)]
+    (tmp_path / "faces.csv").write_text("\n".join(rows) + "\n")
+    prepare(tmp_path / "faces.csv", tmp_path / "out", {"size": 64}, workers=1, cache_dir=tmp_path / "c",
+            progress=False)
+    out = load_source(tmp_path / "out" / "labels.csv")
+    assert len(out) == 6 and out.label_names == ["person7", "person8"]
+    assert out.splits == ["train", "train", "test"] * 2
+    assert all(read_image(p).shape == (64, 64, 3) for p in out.paths)
+
+
 def test_output_inside_source_is_refused(tmp_path: Path, folder_source: Path) -> None:
     with pytest.raises(ValueError, match="must not be inside the source"):
         prepare(folder_source, folder_source / "faces", progress=False)
