@@ -61,7 +61,7 @@ def _export_module(predictor: Any) -> "Any":
     """uint8 NHWC crops -> probabilities, as one torch module (preprocessing + net + activate)."""
     import torch
 
-    net = _torch_net(predictor)
+    net = _exportable(_torch_net(predictor))
     bundle = predictor.bundle
     mean = torch.tensor(bundle["input"]["mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(bundle["input"]["std"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
@@ -79,6 +79,39 @@ def _export_module(predictor: Any) -> "Any":
             return task.activate(self.net(x))
 
     return Exported().eval().cpu()
+
+
+def _exportable(net: Any) -> Any:
+    """A copy of ``net`` whose adaptive average pools are written as fixed slices and means:
+    the ONNX exporter refuses ``AdaptiveAvgPool2d`` when the output size does not divide the
+    input size (LeNet-5's 13x13 -> 5x5 at 64 px), and the result is numerically the same."""
+    import torch
+
+    class SlicedAdaptiveAvgPool(torch.nn.Module):
+        def __init__(self, size: Any) -> None:
+            super().__init__()
+            self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            oh, ow = (s if s is not None else d for s, d in zip(self.size, (h, w)))
+            if h % oh == 0 and w % ow == 0:
+                return torch.nn.functional.adaptive_avg_pool2d(x, (oh, ow))
+            rows = []
+            for i in range(oh):
+                r0, r1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+                cols = [x[..., r0:r1, (j * w) // ow:-((-(j + 1) * w) // ow)].mean(dim=(-2, -1)) for j in range(ow)]
+                rows.append(torch.stack(cols, dim=-1))
+            return torch.stack(rows, dim=-2)
+
+    if not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in net.modules()):
+        return net
+    net = copy.deepcopy(net)
+    for parent in list(net.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.AdaptiveAvgPool2d):
+                setattr(parent, name, SlicedAdaptiveAvgPool(child.output_size))
+    return net
 
 
 def _torch_net(predictor: Any) -> "Any":
@@ -355,7 +388,7 @@ def cached_export(bdir: Path, bundle: dict) -> Path | None:
 
         data, diff = export_bytes(load(bdir), bdir)
     except Exception as exc:  # noqa: BLE001 - any failure means: use PyTorch
-        log.warning("%s: on-the-fly ONNX export failed (%s); using PyTorch", bdir, exc)
+        log.warning("%s: on-the-fly ONNX export failed (%s); using PyTorch", bdir, str(exc).splitlines()[0][:300])
         return None
     log.info("%s: exported to ONNX on the fly (parity %.1e) -> %s", bdir, diff, cached)
     return write_bytes(cached, data)

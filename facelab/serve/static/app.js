@@ -5,6 +5,9 @@ const $ = (id) => document.getElementById(id);
 const state = { models: [], key: sessionStorage.getItem("facelab-key") || "", ws: null, stream: null, frames: 0 };
 const COLORS = ["#2f6fed", "#e8590c", "#1f9d55", "#ae3ec9", "#d6336c", "#0b7285"];
 
+function esc(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
 function headers() { return state.key ? { "X-API-Key": state.key } : {}; }
 function selected() { return [...document.querySelectorAll("#models input:checked")].map((el) => el.value); }
 function setStatus(text) { $("status").textContent = text; }
@@ -24,7 +27,7 @@ async function loadModels() {
   $("models").innerHTML = "";
   for (const m of state.models) {
     const label = document.createElement("label");
-    label.innerHTML = `<input type="checkbox" value="${m.name}" checked> ${m.name} <small>${m.task.kind}, ` +
+    label.innerHTML = `<input type="checkbox" value="${esc(m.name)}" checked> ${esc(m.name)} <small>${m.task.kind}, ` +
       `${m.task.labels.length} labels, ${m.backend}</small>`;
     $("models").appendChild(label);
   }
@@ -42,8 +45,10 @@ function modelLine(name, pred) {
 function faceLines(face) { return Object.entries(face.predictions).map(([n, p]) => modelLine(n, p)); }
 
 function drawFaces(ctx, faces, scale) {
-  ctx.lineWidth = Math.max(2, 2 * scale);
-  ctx.font = `${Math.round(14 * scale)}px system-ui, sans-serif`;
+  // text size follows the picture's size, so labels stay readable on small and large photos
+  const px = Math.max(12, Math.round(ctx.canvas.width / 45));
+  ctx.lineWidth = Math.max(2, px / 7);
+  ctx.font = `${px}px system-ui, sans-serif`;
   faces.forEach((face, i) => {
     const [x0, y0, x1, y1] = face.box.map((v) => v * scale);
     const color = COLORS[i % COLORS.length];
@@ -52,12 +57,12 @@ function drawFaces(ctx, faces, scale) {
     ctx.fillStyle = color;
     for (const [x, y] of face.landmarks) { ctx.fillRect(x * scale - 2, y * scale - 2, 4, 4); }
     const lines = faceLines(face);
-    const lh = Math.round(17 * scale);
+    const lh = Math.round(px * 1.3);
     let y = Math.max(lh * lines.length, y0) - lh * lines.length;
     for (const text of lines) {
       const w = ctx.measureText(text).width + 8;
       ctx.fillStyle = "rgba(0,0,0,.65)"; ctx.fillRect(x0, y, w, lh);
-      ctx.fillStyle = "#fff"; ctx.fillText(text, x0 + 4, y + lh - 4 * scale);
+      ctx.fillStyle = "#fff"; ctx.fillText(text, x0 + 4, y + lh - px * 0.3);
       y += lh;
     }
   });
@@ -74,9 +79,9 @@ function renderResults(result) {
     for (const [name, pred] of Object.entries(face.predictions)) {
       const decided = new Set(Array.isArray(pred.decision) ? pred.decision : [pred.decision]);
       const rows = Object.entries(pred.probs).sort((a, b) => b[1] - a[1]).slice(0, 8);
-      div.insertAdjacentHTML("beforeend", `<div class="model" data-model="${name}"><b>${name}: ` +
-        `${[...decided].join(", ") || "—"}</b>` + rows.map(([l, p]) =>
-        `<div class="bar${decided.has(l) ? " on" : ""}"><span>${l}</span><span class="track">` +
+      div.insertAdjacentHTML("beforeend", `<div class="model" data-model="${esc(name)}"><b>${esc(name)}: ` +
+        `${esc([...decided].join(", ")) || "—"}</b>` + rows.map(([l, p]) =>
+        `<div class="bar${decided.has(l) ? " on" : ""}"><span>${esc(l)}</span><span class="track">` +
         `<span class="fill" style="width:${(100 * p).toFixed(1)}%"></span></span>` +
         `<span class="p">${p.toFixed(2)}</span></div>`).join("") + "</div>");
     }
