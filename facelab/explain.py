@@ -136,12 +136,15 @@ def _leaf_outputs(net: "torch.nn.Module", x: "torch.Tensor") -> list[tuple[str, 
     seen: list[tuple[str, str, Any]] = []
     handles = [m.register_forward_hook(lambda mod, i, o, n=name: seen.append((n, type(mod).__name__, o)))
                for name, m in net.named_modules() if not list(m.children())]
+    inplace = _disable_inplace(net)  # else ReLU(inplace=True) overwrites the conv output we keep
     try:
         with torch.no_grad():
             net(x)
     finally:
         for h in handles:
             h.remove()
+        for m in inplace:
+            m.inplace = True
     return seen
 
 
