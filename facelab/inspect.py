@@ -69,6 +69,8 @@ class InspectConfig:
     """Look for suspected label errors with face embeddings (useful when classes are people)."""
     run: str | None = None
     """A trained run (or bundle) whose predictions are compared with the labels."""
+    disagree: float = 0.8
+    """With ``run``: flag a photo when the model puts at least this probability elsewhere."""
     workers: int = 2
     """Threads reading images."""
 
@@ -79,6 +81,8 @@ class InspectConfig:
             raise ValueError(f"shortcut_auc must be in (0.5, 1], got {self.shortcut_auc}")
         if not 0.0 <= self.rare_rate < 0.5:
             raise ValueError(f"rare_rate must be in [0, 0.5), got {self.rare_rate}")
+        if not 0.5 <= self.disagree < 1.0:
+            raise ValueError(f"disagree must be in [0.5, 1), got {self.disagree}")
         if self.imbalance_ratio < 1.0:
             raise ValueError(f"imbalance_ratio must be >= 1, got {self.imbalance_ratio}")
 
@@ -423,40 +427,65 @@ def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats 
                     "look at each one and move it to the right folder (or delete it)", suspects, where)]
 
 
-def check_label_errors_run(table: SampleTable, run: str, progress: bool = True) -> list[Finding]:
-    """Photos where a trained model confidently disagrees with the label."""
+def _load_run(run: str) -> Any:
+    """``facelab.load(run)``; a face-embed run also loads without the CNN stage's bundle module."""
     import facelab
-    from facelab.images import read_image
+
+    try:
+        return facelab.load(run)
+    except ModuleNotFoundError as exc:
+        if exc.name != "facelab.bundle":
+            raise
+        from facelab import people
+
+        return people.load(run)
+
+
+def _run_crops(table: SampleTable, bundle: dict, cfg: InspectConfig, progress: bool) -> dict[int, np.ndarray]:
+    """Row -> the aligned crop the run would see (prepared folders are crops already;
+    otherwise the run's own face preparation, through facelab.prepare's cache)."""
+    from facelab.images import ImageError, read_image
+
+    if table.prepared:
+        crops = {}
+        for i, p in enumerate(table.paths):
+            try:
+                crops[i] = read_image(p)
+            except ImageError:
+                continue
+        return crops
+    from facelab.prepare import PrepareConfig, run_files
+
+    results = run_files(table.paths, PrepareConfig.from_dict(bundle.get("prepare")), workers=cfg.workers,
+                        progress=progress, desc="inspect run")
+    return {i: read_image(r.crops[0]) for i, r in enumerate(results) if r.crops}
+
+
+def check_label_errors_run(table: SampleTable, cfg: InspectConfig, progress: bool = True) -> list[Finding]:
+    """Photos where a trained model confidently disagrees with the label: it gives the
+    labelled class at most ``1 - cfg.disagree`` (multilabel: is off by more than
+    ``cfg.disagree`` on an attribute)."""
     from facelab.tasks import infer_task, targets_from_table
 
-    predictor = facelab.load(run)
+    predictor = _load_run(str(cfg.run))
     task = infer_task(table)
     if list(predictor.labels) != list(task.labels):
-        return [Finding("label-error", "info", f"run {run} predicts {list(predictor.labels)}, "
+        return [Finding("label-error", "info", f"run {cfg.run} predicts {list(predictor.labels)}, "
                                                f"not this source's labels {list(task.labels)}; skipped")]
-    probs = np.full((len(table), len(task.labels)), np.nan, np.float32)
-    for i, p in enumerate(table.paths):
-        try:
-            rgb = read_image(p)
-            if table.prepared:
-                probs[i] = predictor.predict_crops([rgb])[0]
-            else:
-                preds = predictor.predict_image(rgb)
-                if preds:
-                    probs[i] = preds[0].probs
-        except ValueError:
-            continue
+    crops = _run_crops(table, predictor.bundle, cfg, progress)
+    rows = sorted(crops)
+    probs = np.concatenate([predictor.predict_crops([crops[i] for i in rows[s:s + 64]])
+                            for s in range(0, len(rows), 64)]) if rows else np.zeros((0, len(task.labels)))
     y = targets_from_table(table, task)
     suspects, where = [], []
-    for i in range(len(table)):
-        if np.isnan(probs[i]).any():
-            continue
+    for i, p in zip(rows, probs):
         if task.kind == "multilabel":
-            wrong = [task.labels[j] for j in range(len(task.labels)) if abs(float(probs[i, j]) - y[i, j]) > 0.95]
+            wrong = [task.labels[j] for j in range(len(task.labels)) if abs(float(p[j]) - y[i, j]) > cfg.disagree]
         else:
-            wrong = [task.labels[int(probs[i].argmax())]] if probs[i, int(y[i])] < 0.05 else []
+            wrong = [task.labels[int(p.argmax())]] if p[int(y[i])] <= 1 - cfg.disagree else []
         if wrong:
-            suspects.append(f"{table.paths[i]}: labelled '{table.label_text(i)}', model says {wrong}")
+            suspects.append(f"{table.paths[i]}: labelled '{table.label_text(i)}', model says {wrong} "
+                            f"(p={float(p.max()):.2f})")
             where.append(i)
     if not suspects:
         return []
@@ -611,7 +640,7 @@ def inspect(data: str | Path | SampleTable, out: str | Path, config: InspectConf
     if cfg.embed:
         findings += check_label_errors_embedding(table, stats, progress=progress)
     if cfg.run:
-        findings += check_label_errors_run(table, cfg.run, progress)
+        findings += check_label_errors_run(table, cfg, progress)
     for x in findings:
         (log.warning if x.severity != "info" else log.info)("[%s] %s", x.check, x.message)
 

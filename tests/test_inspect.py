@@ -184,3 +184,19 @@ def test_unreadable_only_and_single_class_folders(tmp_path: Path, orl_faces: Pat
     (tmp_path / "one" / "s1").mkdir(parents=True)
     shutil.copy(orl_faces / "s1" / "1.pgm", tmp_path / "one" / "s1")
     assert inspect(tmp_path / "one", tmp_path / "r2", progress=False).checks() == {"single-class"}
+
+
+def test_label_error_from_a_trained_run(tmp_path: Path, celeba_mini: Path) -> None:
+    """A face-embed run trained on the clean photos flags a photo of ben filed under anna."""
+    from facelab.people import train_face_embed
+
+    clean = _build(tmp_path / "clean", celeba_mini, n_train=10, n_valid=2)
+    run = train_face_embed(load_source(clean), run_dir=tmp_path / "run", progress=False)
+    data = _build(tmp_path / "data", celeba_mini, n_train=10, n_valid=2)
+    ben = sorted((data / "valid" / "ben").glob("*.jpg"))[0]
+    wrong = data / "train" / "anna" / "filed_wrong.jpg"
+    shutil.move(ben, wrong)
+    report = inspect(data, tmp_path / "report", InspectConfig(run=str(run), samples=0), progress=False)
+    (label,) = report.find("label-error")
+    assert [f.split(":")[0] for f in label.files] == [str(wrong)]
+    assert "model says ['ben']" in label.files[0]
