@@ -88,9 +88,6 @@ class Fingerprint:
         """The larger of the two Hamming distances (0 = perceptually identical)."""
         return max(hamming(self.phash, other.phash), hamming(self.dhash, other.dhash))
 
-    def hex(self) -> str:
-        return f"{self.phash:016x}{self.dhash:016x}"
-
 
 def fingerprint(rgb: np.ndarray) -> Fingerprint:
     """The :class:`Fingerprint` of an image (uint8, HxW or HxWx3)."""

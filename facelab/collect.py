@@ -110,10 +110,6 @@ class CollectReport:
     skipped: int = 0
     """URLs settled by an earlier run and not downloaded again."""
 
-    def to_dict(self) -> dict:
-        return {"out": str(self.out), "manifest": str(self.manifest), "counts": self.counts,
-                "skipped": self.skipped}
-
 
 # --------------------------------------------------------------------------- reading the list
 

@@ -1,7 +1,6 @@
 """facelab.data: the real sets in ../shared/data, and generated broken or unusual layouts."""
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
