@@ -421,10 +421,8 @@ def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats 
             suspects.append(f"{table.paths[i]}: labelled '{table.label_text(i)}', looks like "
                             f"'{table.label_names[other]}' ({n_other} of {k} nearest faces)")
             where.append(i)
-    if not suspects:
-        return []
-    return [Finding("label-error", "warning", f"{len(suspects)} photo(s) look like another class",
-                    "look at each one and move it to the right folder (or delete it)", suspects, where)]
+    return _label_errors(suspects, where, "look like another class",
+                         "look at each one and move it to the right folder (or delete it)")
 
 
 def _load_run(run: str) -> Any:
@@ -487,10 +485,14 @@ def check_label_errors_run(table: SampleTable, cfg: InspectConfig, progress: boo
             suspects.append(f"{table.paths[i]}: labelled '{table.label_text(i)}', model says {wrong} "
                             f"(p={float(p.max()):.2f})")
             where.append(i)
+    return _label_errors(suspects, where, "where the model confidently disagrees",
+                         "look at each one: a wrong label, or a hard case worth more examples")
+
+
+def _label_errors(suspects: list[str], rows: list[int], what: str, fix: str) -> list[Finding]:
     if not suspects:
         return []
-    return [Finding("label-error", "warning", f"{len(suspects)} photo(s) where the model confidently disagrees",
-                    "look at each one: a wrong label, or a hard case worth more examples", suspects, where)]
+    return [Finding("label-error", "warning", f"{len(suspects)} photo(s) {what}", fix, suspects, rows)]
 
 
 # --------------------------------------------------------------------------- plots and report
