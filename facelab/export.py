@@ -28,7 +28,7 @@ import numpy as np
 
 from facelab._deps import require
 from facelab._io import read_json, write_bytes, write_json
-from facelab.bundle import TorchPredictor, bundle_dir_of, read_bundle, resize_crops
+from facelab.bundle import TorchPredictor, read_bundle, resize_crops
 from facelab.tasks import Task
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ def serve_cmd(
     max_batch: int = typer.Option(32, help="Most face crops per model call."),
     max_wait_ms: float = typer.Option(4.0, help="Longest wait for a batch to fill, in ms."),
     threads: int = typer.Option(0, help="Detection threads (0 = CPU cores)."),
+    model_threads: int = typer.Option(1, help="Threads per ONNX Runtime model call (0 = one per core)."),
     all_faces: bool = typer.Option(False, "--all-faces",
                                    help="Every face of an image, even when the run keeps only the largest."),
     max_connections: int = typer.Option(256, help="Concurrent connections before answering 503."),
@@ -45,7 +46,7 @@ def serve_cmd(
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_pixels=int(max_megapixels * 1e6), request_timeout=timeout,
                          cors_origins=tuple(cors_origin), max_batch=max_batch, max_wait_ms=max_wait_ms,
-                         threads=threads, all_faces=all_faces)
+                         threads=threads, model_threads=model_threads, all_faces=all_faces)
     typer.echo(f"facelab serve: http://{host}:{port}/  (API docs: /docs"
                f"{', API key required' if config.api_key else ''})")
     serve(config, host=host, port=port, log_level=log_level, max_connections=max_connections)

@@ -56,6 +56,9 @@ class ServeConfig:
     """Longest a request waits for others to join its batch."""
     threads: int = 0
     """Threads for decoding and face detection (0 = number of CPU cores)."""
+    model_threads: int = 1
+    """Threads inside one ONNX Runtime model call (0 = its default, one per core). One is
+    best under load: batching and the detection threads already keep every core busy."""
     all_faces: bool = False
     """Every face of an image, even when the run's ``multi_face`` policy keeps the largest."""
     max_faces: int = 32
@@ -73,8 +76,8 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
-        if self.max_wait_ms < 0 or self.threads < 0:
-            raise ValueError("max_wait_ms and threads must be >= 0")
+        if self.max_wait_ms < 0 or self.threads < 0 or self.model_threads < 0:
+            raise ValueError("max_wait_ms, threads and model_threads must be >= 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty; leave it unset to turn authentication off")
 
@@ -122,13 +125,13 @@ class Service:
     _configs: dict[str, Any] = field(default_factory=dict)
 
     def load(self) -> None:
-        from facelab.predict import face_pipeline, load_predictor, model_name
+        from facelab.predict import backend_of, face_pipeline, load_predictor, model_name
 
         threads = self.config.threads or os.cpu_count() or 2
         self.cpu_pool = ThreadPoolExecutor(threads, thread_name_prefix="facelab-cpu")
         self.model_pool = ThreadPoolExecutor(max(1, len(self.config.runs)), thread_name_prefix="facelab-model")
         for run in self.config.runs:
-            predictor = load_predictor(run, self.config.backend)
+            predictor = load_predictor(run, self.config.backend, self.config.model_threads)
             name = _unique(model_name(run), self.models)
             pipe = face_pipeline(predictor.bundle, self.config.all_faces)
             digest = pipe.config.digest()
@@ -136,8 +139,7 @@ class Service:
             batcher = MicroBatcher(predictor.predict_crops, self.model_pool, self.config.max_batch,
                                    self.config.max_wait_ms)
             self.models[name] = LoadedModel(name, str(run), predictor, batcher, digest)
-            log.info("model %s: %s backend, %d labels", name, batcher and predictor.bundle["model"].get("backend"),
-                     len(predictor.labels))
+            log.info("model %s: %s backend, %d labels", name, backend_of(predictor), len(predictor.labels))
         self._warm_up()
 
     def _warm_up(self) -> None:
