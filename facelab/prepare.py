@@ -532,8 +532,7 @@ def prepare_table(table: SampleTable, config: PrepareConfig | dict | None = None
     results = run_files(table.paths, config, cache_dir, workers, progress)
     keep = [i for i, r in enumerate(results) if r.crops]
     dropped = [r for r in results if not r.crops]
-    for r in dropped[:20]:
-        log.warning("%s: dropped (%s)", r.path, r.reason or r.status)
+    _log_rejects(dropped)
     if dropped:
         counts = Counter(r.status for r in dropped)
         log.warning("prepare_table: dropped %d of %d photos without a usable face (%s)", len(dropped),
@@ -592,6 +591,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | Non
     seconds = time.perf_counter() - t0
     counts = dict(Counter(r.status for r in results))
     counts["cached"] = sum(r.cached for r in results)
+    _log_rejects(results)
     csv_path = _write_csv(out / REPORT_DIR / "report.csv", results, table.root)
     grid_path = _write_grid(out / REPORT_DIR / "grid.png", results, grid_size)
     report = PrepareReport(out, counts, results, csv_path, grid_path, None, seconds)
@@ -606,6 +606,14 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | Non
     })
     log.info("prepare %s -> %s: %s", table.root, out, report.summary())
     return report
+
+
+def _log_rejects(results: list[FileResult], limit: int = 20) -> None:
+    rejects = [r for r in results if r.status != "kept"]
+    for r in rejects[:limit]:
+        log.warning("%s: skipped (%s: %s)", r.path, r.status, r.reason)
+    if len(rejects) > limit:
+        log.warning("... and %d more skipped photos; every reason is in the report CSV", len(rejects) - limit)
 
 
 def _output_names(table: SampleTable, results: list[FileResult], fmt: str) -> list[list[str]]:

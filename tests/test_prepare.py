@@ -13,6 +13,7 @@ from PIL import Image
 from facelab.data import load_source
 from facelab.images import read_image
 from facelab.prepare import (FacePipeline, PrepareConfig, PreparedFace, prepare, prepare_table, run_files)
+from test_images import _bomb_png
 
 
 def _read_report(report_csv: Path, root: Path) -> dict[str, dict]:
@@ -53,23 +54,11 @@ def folder_source(tmp_path_factory: pytest.TempPathFactory, orl_faces: Path, cel
     (odd / "empty.jpg").write_bytes(b"")
     (odd / "truncated.jpg").write_bytes(data[:2000])
     (odd / "notes.jpg").write_text("not a photo")
-    (odd / "bomb.png").write_bytes(_bomb_header(40000, 40000))
+    _bomb_png(odd / "bomb.png", 40000, 40000)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(100, 140, (200, 200, 3), dtype=np.uint8)).save(odd / "noface.png")
     _two_faces(celeba_mini, odd / "two.jpg")
     return root
-
-
-def _bomb_header(w: int, h: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
