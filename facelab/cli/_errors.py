@@ -15,7 +15,11 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 def run_app(app: typer.Typer) -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's `typer.Exit(code)` instead
+        # of exiting with it; pass it on so `--strict` style exit codes reach the shell.
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and not isinstance(rc, bool):
+            sys.exit(rc)
     except SystemExit:
         raise
     except typer.Abort:
