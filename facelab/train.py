@@ -156,6 +156,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """From ``config.json`` (its ``resolved`` section, written for reading, is ignored)."""
+        d = {k: v for k, v in d.items() if k != "resolved"}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -849,7 +851,7 @@ def _range_test(model: nn.Module, d: Data, loss_fn: nn.Module, opt: Any, rt: Run
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        smooth = 0.9 * smooth + 0.1 * float(loss)
+        smooth = 0.9 * smooth + 0.1 * float(loss.detach())
         value = smooth / (1 - 0.9 ** (i + 1))
         lrs.append(lr)
         losses.append(value)

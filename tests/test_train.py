@@ -168,3 +168,86 @@ def test_bad_requests_are_specific(orl_faces: Path, celeba_mini: Path, celeba_ru
         TrainConfig(data=str(orl_faces), schedule="linear")
     assert TrainConfig(data="x", model="lenet5").pretrained is False
     assert TrainConfig(data="x", model="mobilenetv2_100").pretrained is True
+
+
+def test_splits_official_identity_disjoint_or_stratified(celeba_mini: Path, orl_faces: Path) -> None:
+    from dataclasses import replace
+
+    from facelab.data import load_source
+    from facelab.tasks import infer_task
+    from facelab.train import split_indices
+
+    celeba = load_source(celeba_mini).select_attributes(["Smiling", "Eyeglasses"])
+    task = infer_task(celeba)
+    train, valid, how = split_indices(celeba, task, 0.2, 0)
+    assert how == "official partition" and (len(train), len(valid)) == (660, 120)
+    # no partition but known people: nobody is on both sides
+    unsplit = replace(celeba, splits=[None] * len(celeba))
+    train, valid, how = split_indices(unsplit, task, 0.2, 0)
+    ids = np.array(celeba.identities)
+    assert how.startswith("identity-disjoint") and not set(ids[train]) & set(ids[valid])
+    assert 0.1 < len(valid) / len(celeba) < 0.35
+    again = split_indices(unsplit, task, 0.2, 0)[1]
+    assert np.array_equal(valid, again) and not np.array_equal(valid, split_indices(unsplit, task, 0.2, 1)[1])
+    # people ARE the classes: every person on both sides, stratified
+    orl = load_source(orl_faces)
+    train, valid, how = split_indices(orl, infer_task(orl), 0.2, 0)
+    assert how == "stratified"
+    assert set(orl.labels[valid]) == set(orl.labels[train]) == set(range(40))
+    assert len(valid) == 80
+
+
+def test_imbalance_is_weighted_when_large_and_reported(celeba_mini: Path) -> None:
+    import torch
+
+    from facelab.data import load_source
+    from facelab.tasks import infer_task, targets_from_table
+    from facelab.train import class_balance
+
+    table = load_source(celeba_mini).select_attributes(["Smiling", "Eyeglasses", "Bald"])
+    task = infer_task(table)
+    y = torch.from_numpy(targets_from_table(table, task))
+    bal = class_balance(y, task, "auto", 10.0)
+    w = bal.loss_weight.numpy()
+    assert w[0] == 1.0 and w[1] > 2 and w[2] > w[1]  # Smiling is balanced; Bald is the rarest
+    assert "Eyeglasses" in bal.report and "Bald" in bal.report and "Smiling" not in bal.report
+    assert class_balance(y, task, "none", 10.0).loss_weight is None
+    smiling = table.select_attributes(["Smiling"])
+    btask = infer_task(smiling)
+    off = class_balance(torch.from_numpy(targets_from_table(smiling, btask)), btask, "auto", 10.0)
+    assert off.loss_weight is None and "off" in off.report
+    over = class_balance(torch.from_numpy(targets_from_table(smiling, btask)), btask, "oversample", 10.0)
+    assert over.sample_weight is not None and len(over.sample_weight) == len(smiling)
+
+
+def test_augmentation_is_seeded_and_keeps_shape(celeba_mini: Path, tmp_path: Path) -> None:
+    import torch
+
+    from facelab.augment import augment_batch, get_preset, preview, preview_images
+
+    crops = preview_images(celeba_mini, 2)
+    x = torch.from_numpy(np.stack([c[:96, :96] for c in crops])).permute(0, 3, 1, 2).float() / 255
+    cfg = get_preset("fastai")
+    a = augment_batch(x, cfg, torch.Generator().manual_seed(1))
+    b = augment_batch(x, cfg, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert 0 <= float(a.min()) and float(a.max()) <= 1
+    assert torch.equal(augment_batch(x, get_preset("none"), torch.Generator()), x)
+    with pytest.raises(ValueError, match="valid: none, light, fastai, strong"):
+        get_preset("heavy")
+    out = preview(crops, cfg, tmp_path / "grid.png", per_image=4, size=64)
+    assert out.stat().st_size > 1000
+
+
+def test_ensemble_members_and_manifest(orl_faces: Path, tmp_path: Path) -> None:
+    from facelab.train import train
+
+    root = train(orl_faces, model="lenet5", image_size=32, epochs=1, batch_size=32, max_batches=2, ensemble=2,
+                 seed=5, progress=False, tensorboard=False, out=str(tmp_path), name="ens")
+    manifest = json.loads((root / "ensemble.json").read_text())
+    assert manifest["members"] == ["m0", "m1"]
+    seeds = [json.loads((root / m / "config.json").read_text())["seed"] for m in manifest["members"]]
+    assert seeds == [5, 6]
+    a, b = (B.load(root / m) for m in manifest["members"])
+    crops = _crops(root / "m0", 3)
+    assert not np.allclose(a.predict_crops(crops), b.predict_crops(crops))
