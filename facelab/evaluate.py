@@ -178,7 +178,17 @@ def task_targets(table: SampleTable, task: Task) -> np.ndarray:
 
 def _prepared(table: SampleTable, prepare: dict | None, progress: bool) -> SampleTable:
     """The table's photos as the model's crops (same pipeline as training)."""
-    if not prepare or table.prepared is not None:
+    if table.prepared is not None:
+        used = (table.prepared or {}).get("config")
+        if prepare and used and any(used.get(k) != prepare.get(k) for k in ("size", "template", "margin",
+                                                                             "light", "background")):
+            log.warning("%s was prepared with a different face preparation than the model was trained "
+                        "with (%s vs %s); metrics may suffer. Evaluate on the raw photos instead, which "
+                        "go through the model's own preparation", table.root,
+                        {k: used.get(k) for k in ("size", "template", "margin")},
+                        {k: prepare.get(k) for k in ("size", "template", "margin")})
+        return table
+    if not prepare:
         return table
     from facelab.prepare import prepare_table
 
