@@ -585,6 +585,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | Non
     table = load_source(src)
     if out == table.root or (table.root.is_dir() and out.is_relative_to(table.root) and table.source != "csv"):
         raise ValueError(f"{out}: the output folder must not be inside the source {table.root}")
+    _warn_if_reconfigured(out, config)
     t0 = time.perf_counter()
     results = run_files(table.paths, config, cache_dir, workers, progress, processes=processes)
     rows = _write_outputs(table, results, out, config)
@@ -606,6 +607,18 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | Non
     })
     log.info("prepare %s -> %s: %s", table.root, out, report.summary())
     return report
+
+
+def _warn_if_reconfigured(out: Path, config: PrepareConfig) -> None:
+    """Re-using an output folder with another config leaves crops the new run does not write."""
+    try:
+        previous = json.loads((out / PREPARED_MANIFEST).read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError):
+        return
+    if previous is not None and previous != config.to_dict():
+        log.warning("%s was prepared with a different config; crops the new run does not "
+                    "rewrite (other policies, rejected photos) stay there. Use a new folder for a "
+                    "clean result.", out)
 
 
 def _log_rejects(results: list[FileResult], limit: int = 20) -> None:
