@@ -97,7 +97,7 @@ class FaceResult:
     """float32 (len(labels),) probabilities."""
 
     def to_dict(self, task: Task) -> dict[str, Any]:
-        return {**self.face.to_dict(), "prediction": prediction_dict(task, self.probs)}
+        return {**face_dict(self.face), "prediction": prediction_dict(task, self.probs)}
 
 
 @dataclass
@@ -111,6 +111,13 @@ class PhotoResult:
     faces: list[FaceResult] = field(default_factory=list)
     width: int = 0
     height: int = 0
+
+
+def face_dict(face: Any) -> dict[str, Any]:
+    """A detected face as JSON: box, five landmarks (pixels, 0.1 px) and the detector score."""
+    return {"box": [round(float(v), 1) for v in face.box],
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in np.asarray(face.landmarks)],
+            "score": round(float(face.score), 4)}
 
 
 def prediction_dict(task: Task, probs: np.ndarray) -> dict[str, Any]:

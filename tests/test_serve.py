@@ -133,7 +133,7 @@ def test_concurrent_predictions_are_each_correct(server: tuple[str, Path], photo
             got = [f for f in body["faces"] if name in f["predictions"]]
             assert len(got) == len(expected)
             for g, e in zip(got, expected):
-                assert np.allclose(g["box"], e.face.box, atol=0.02)
+                assert np.allclose(g["box"], e.face.box, atol=0.06)  # JSON: 0.1 px
                 probs = np.asarray(list(g["predictions"][name]["probs"].values()))
                 assert np.abs(probs - e.probs).max() < 1e-3
     stats = httpx.get(f"{url}/healthz").json()["batching"]

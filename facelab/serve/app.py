@@ -143,12 +143,23 @@ class Service:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """One tiny call per model and detector, so the first real request is not slow."""
+        """One tiny call per model, and every detection thread builds its own face
+        pipelines now (a barrier makes the pool start all its threads), so the first real
+        requests are not slow."""
         blank = np.full((160, 160, 3), 127, np.uint8)
         for m in self.models.values():
             m.predictor.predict_crops([blank])
-        for digest in self._configs:
-            self.pipeline(digest).process(blank)
+        n = self.cpu_pool._max_workers  # noqa: SLF001 - the size we created it with
+        barrier = threading.Barrier(n)
+
+        def warm() -> None:
+            for digest in self._configs:
+                self.pipeline(digest).process(blank)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=30)
+
+        for f in [self.cpu_pool.submit(warm) for _ in range(n)]:
+            f.result()
 
     def pipeline(self, digest: str) -> Any:
         """This thread's own face pipeline (detectors need not be thread-safe)."""
@@ -230,7 +241,9 @@ def _face_entry(faces: list[dict[str, Any]], face: Any) -> dict[str, Any]:
     for entry in faces:
         if _iou(entry["box"], face.box) >= 0.5:
             return entry
-    entry = {**face.to_dict(), "predictions": {}}
+    from facelab.predict import face_dict
+
+    entry = {**face_dict(face), "predictions": {}}
     faces.append(entry)
     return entry
 
