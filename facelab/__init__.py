@@ -16,6 +16,8 @@ dlib ...) on first use.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -52,3 +54,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """Keeps each verb a function although a stage module of the same name exists.
+
+    Importing ``facelab.evaluate`` (the module) makes Python set ``facelab.evaluate`` to
+    that module, which would turn ``facelab.evaluate(run, data)`` into "module is not
+    callable" depending on import order. Stage modules stay importable by their full
+    name (``from facelab.evaluate import EvaluateConfig``).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
