@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -565,7 +565,8 @@ class PrepareReport:
     def summary(self) -> str:
         c = self.counts
         return (f"{len(self.results)} photos in {self.seconds:.1f}s: kept {c.get('kept', 0)}, "
-                f"no face {c.get('no_face', 0)}, several faces {c.get('several_faces', 0)}, "
+                f"no face {c.get('no_face', 0)}, several faces {c.get('several_faces', 0)} skipped / "
+                f"{c.get('kept_from_several', 0)} kept, "
                 f"unreadable {c.get('unreadable', 0)} (from cache: {c.get('cached', 0)})")
 
 
@@ -592,6 +593,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | Non
     seconds = time.perf_counter() - t0
     counts = dict(Counter(r.status for r in results))
     counts["cached"] = sum(r.cached for r in results)
+    counts["kept_from_several"] = sum(r.status == "kept" and r.n_faces > 1 for r in results)
     _log_rejects(results)
     csv_path = _write_csv(out / REPORT_DIR / "report.csv", results, table.root)
     grid_path = _write_grid(out / REPORT_DIR / "grid.png", results, grid_size)
@@ -750,7 +752,7 @@ def _write_grid(path: Path, results: list[FileResult], per_status: int) -> Path 
 def _write_html(path: Path, report: PrepareReport, config: PrepareConfig, table: SampleTable) -> Path:
     from facelab._html import escape, img_tag, table as html_table, write_page
 
-    counts = [(k, report.counts.get(k, 0)) for k in (*STATUSES, "cached")]
+    counts = [(k, report.counts.get(k, 0)) for k in (*STATUSES, "kept_from_several", "cached")]
     rejects = [(r.path, r.status, r.reason) for r in report.results if r.status != "kept"]
     sections = [("Counts", html_table(counts, ["status", "photos"])),
                 ("Config", html_table(sorted(config.to_dict().items()), ["option", "value"]))]

@@ -131,7 +131,8 @@ def test_folder_tree_with_bad_files(folder_run, folder_source: Path) -> None:  #
     for name in ("cmyk.jpg", "deep16.png", "palette.png", "alpha.png", "s1/1.pgm", "s2/5.pgm"):
         assert rows[name]["status"] == "kept", (name, rows[name])
     assert report.counts["unreadable"] == 4 and report.counts["no_face"] == 1
-    assert report.counts["kept"] == 10 + 5
+    assert report.counts["kept"] == 10 + 5 and report.counts["kept_from_several"] == 1
+    assert "several faces 0 skipped / 1 kept" in report.summary()
     # same folder tree, crops as .jpg, loadable as a data source with the same classes
     assert (out / "s1" / "1.jpg").is_file() and (out / "s3" / "nested" / "deep16.jpg").is_file()
     table = load_source(out)
