@@ -161,6 +161,9 @@ def test_interrupted_run_resumes(tmp_path: Path, celeba_mini: Path) -> None:
     resumed = run_files(paths, config, tmp_path, workers=2, progress=False)
     assert [r.cached for r in resumed] == [True] * 5 + [False] * 7
     assert [r.crops for r in resumed[:5]] == [r.crops for r in first]
+    # worker processes give the same results as threads (and read the same cache)
+    again = run_files(paths, config, tmp_path, workers=2, progress=False, processes=True)
+    assert [r.crops for r in again] == [r.crops for r in resumed] and all(r.cached for r in again)
     # another config is another cache entry; the same bytes under another name hit the cache
     other = run_files(paths[:1], PrepareConfig(size=80), tmp_path, workers=1, progress=False)
     assert not other[0].cached
@@ -238,6 +241,16 @@ def test_prepare_table_drops_rows_without_a_face(tmp_path: Path, folder_source: 
     assert read_image(prepared.paths[0]).shape == (96, 96, 3)
     assert prepared.prepared["config"]["size"] == 96
     assert prepare_table(prepared) is prepared or prepared.prepared is not None
+
+
+def test_worker_processes_prepare_like_threads(tmp_path: Path, orl_faces: Path) -> None:
+    paths = sorted((orl_faces / "s9").glob("*.pgm"))[:6]
+    config = PrepareConfig(size=64, light="clahe", background="blur")
+    by_process = run_files(paths, config, tmp_path / "p", workers=2, progress=False, processes=True)
+    by_thread = run_files(paths, config, tmp_path / "t", workers=2, progress=False)
+    assert [r.status for r in by_process] == ["kept"] * 6
+    for a, b in zip(by_process, by_thread):
+        assert np.array_equal(read_image(a.crops[0]), read_image(b.crops[0]))
 
 
 def test_unreadable_path_is_reported_and_the_run_goes_on(tmp_path: Path, orl_faces: Path) -> None:
