@@ -82,3 +82,14 @@ def test_missing_input_is_a_clear_error(celeba_run: Path, tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["predict", str(celeba_run), str(tmp_path / "nope.jpg")])
     assert result.exit_code != 0
     assert "nope.jpg" in str(result.exception) or "nope.jpg" in result.output
+
+
+def test_all_faces_keeps_every_face_of_a_group_photo(celeba_run: Path, celeba_wild: Path) -> None:
+    photo = celeba_wild / "img_celeba" / "061970.jpg"  # two people in the photo
+    default = predict(celeba_run, photo, progress=False).photos[0]
+    every = predict(celeba_run, photo, all_faces=True, progress=False).photos[0]
+    assert len(default.faces) == 1  # the run was prepared with multi_face="largest"
+    assert len(every.faces) == 2
+    from facelab.serve.app import _iou
+
+    assert _iou(every.faces[0].face.box, every.faces[1].face.box) < 0.3, "two different faces"
