@@ -106,12 +106,12 @@ def test_health_docs_and_models(server: tuple[str, Path], celeba_run: Path, bina
 
 def test_concurrent_predictions_are_each_correct(server: tuple[str, Path], photos: list[Path],
                                                  celeba_run: Path, binary_run: Path) -> None:
-    """12 requests at once are batched together; each gets its own faces' probabilities."""
+    """8 requests at once are batched together; each gets its own faces' probabilities."""
     from facelab.predict import load_predictor, predict_rgb
     from facelab.images import read_image
 
     url, _ = server
-    chosen = photos[:12]
+    chosen = photos[:8]
 
     async def all_at_once() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as client:
