@@ -267,11 +267,12 @@ def load_data(config: TrainConfig, size: int) -> Data:
     if len(train) < 2 or len(valid) < 1:
         raise DataError(f"{table.root}: too few photos to train ({len(train)} train, {len(valid)} valid)")
     y = torch.from_numpy(targets_from_table(table, task))
-    x = torch.from_numpy(load_crops(table.paths, size, config.progress))
     log.info("%s: %s task, %d labels; %d train / %d valid (%s)", table.root, task.kind, len(task.labels),
              len(train), len(valid), how)
+    rows = np.concatenate([train, valid])  # the test partition is never read here
+    x = torch.from_numpy(load_crops([table.paths[i] for i in rows], size, config.progress))
     t, v = torch.from_numpy(train), torch.from_numpy(valid)
-    return Data(table, task, x[t], y[t], x[v], y[v], how, prep)
+    return Data(table, task, x[:len(train)], y[t], x[len(train):], y[v], how, prep)
 
 
 # --------------------------------------------------------------------------- imbalance
