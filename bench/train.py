@@ -55,8 +55,11 @@ def crops_and_split(prepare: dict | None = None) -> tuple[list[Path], np.ndarray
         np.flatnonzero(splits == "valid")
 
 
-def per_attribute(probs: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, float]:
-    return {n: float(a) for n, a in zip(names, ((probs >= 0.5) == y).mean(axis=0))}
+def per_attribute(probs: np.ndarray, y: np.ndarray, names: list[str],
+                  thresholds: tuple[float, ...] | None = None) -> dict[str, float]:
+    """Accuracy per attribute, deciding at the bundle's thresholds (0.5 when none)."""
+    t = np.asarray(thresholds if thresholds else [0.5] * len(names))[None, :]
+    return {n: float(a) for n, a in zip(names, ((probs >= t) == y).mean(axis=0))}
 
 
 def majority(y_train: np.ndarray, y_valid: np.ndarray, names: list[str]) -> dict[str, float]:
@@ -80,8 +83,9 @@ def run_facelab(model: str, size: int, epochs: int, batch: int, out: Path, data:
     with open(run / "metrics.csv") as f:
         metrics = list(csv.DictReader(f))
     fit = sum(float(r["time"]) for r in metrics)
-    probs = load(run).predict_crops([read_image(paths[i]) for i in va])
-    acc = per_attribute(probs, y[va], names)
+    predictor = load(run)
+    probs = predictor.predict_crops([read_image(paths[i]) for i in va])
+    acc = per_attribute(probs, y[va], names, predictor.task.thresholds)
     return {"tool": "facelab", "model": model, "size": size, "epochs": len(metrics), "wall_s": wall, "fit_s": fit,
             "train_images_per_s": len(tr) * len(metrics) / fit, "per_attribute": acc,
             "mean_accuracy": float(np.mean(list(acc.values()))), "bundle_train": rows["train"]}

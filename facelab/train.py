@@ -315,6 +315,17 @@ def class_balance(y: torch.Tensor, task: Task, mode: str, ratio: float) -> Balan
     return Balance(pw, None, f"imbalance: pos_weight ({detail})")
 
 
+def compensated_task(task: Task, balance: Balance) -> Task:
+    """With ``pos_weight`` w the sigmoid over-states the positive class: it outputs
+    w*p / (w*p + 1 - p). Deciding at w / (1 + w) is the same as deciding at p = 0.5, so
+    the weighting helps the rare class learn without costing accuracy. Those thresholds go
+    into the bundle (``task.thresholds``); ``facelab evaluate`` can tune them further."""
+    if balance.loss_weight is None or task.kind == "multiclass":
+        return task
+    w = balance.loss_weight.double()
+    return task.with_thresholds([float(t) for t in (w / (1 + w))])
+
+
 # --------------------------------------------------------------------------- runtime
 
 @dataclass
@@ -655,6 +666,7 @@ def _train_single(config: TrainConfig) -> Path:
     data = load_data(config, size)
     balance = class_balance(data.train_y, data.task, config.imbalance, config.imbalance_ratio)
     log.info("%s", balance.report)
+    data.task = compensated_task(data.task, balance)
     model = create_model(config.model, data.task.num_outputs, pretrained=bool(config.pretrained),
                          weights=config.weights, allow_download=config.download_weights)
     model = model.to(rt.device)

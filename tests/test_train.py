@@ -251,3 +251,13 @@ def test_ensemble_members_and_manifest(orl_faces: Path, tmp_path: Path) -> None:
     a, b = (B.load(root / m) for m in manifest["members"])
     crops = _crops(root / "m0", 3)
     assert not np.allclose(a.predict_crops(crops), b.predict_crops(crops))
+
+
+def test_weighted_attributes_decide_at_compensated_thresholds(celeba_run: Path) -> None:
+    """pos_weight w shifts the sigmoid; the bundle's threshold w/(1+w) undoes it."""
+    bundle = json.loads((celeba_run / "bundle" / "bundle.json").read_text())
+    cfg = json.loads((celeba_run / "config.json").read_text())
+    thresholds = dict(zip(bundle["task"]["labels"], bundle["task"]["thresholds"]))
+    assert "Eyeglasses" in cfg["resolved"]["imbalance"]  # ~6 % positives in celeba-mini
+    assert thresholds["Eyeglasses"] > 0.6
+    assert thresholds["Smiling"] == 0.5 and thresholds["Male"] == 0.5
