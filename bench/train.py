@@ -155,6 +155,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="input side for transfer models")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     args = ap.parse_args()
 
     import torch
@@ -177,7 +178,7 @@ def main() -> None:
                 results.append(run_fastai(model, size, epochs, args.batch, data))
                 write_results(args, results, base, names, len(tr), len(va))
     print_table(results, base)
-    print(f"\nwritten: {RESULTS}")
+    print(f"\nwritten: {args.out}")
 
 
 def write_results(args: argparse.Namespace, results: list[dict], base: dict, names: list[str], n_train: int,
@@ -193,8 +194,8 @@ def write_results(args: argparse.Namespace, results: list[dict], base: dict, nam
            "threads": args.threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "command": " ".join(["bench/train.py", *sys.argv[1:]]),
            "note": "shared 2-core machine with other jobs running: timings are noisy"}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

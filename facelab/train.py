@@ -91,8 +91,9 @@ class TrainConfig:
     """Seeds splits, initialisation, shuffling and augmentation."""
     patience: int | None = None
     """Early stopping: stop after this many epochs without improvement; None = never."""
-    monitor: str = "valid_loss"
-    """What picks the best checkpoint (and early stopping): ``valid_loss`` or ``accuracy``."""
+    monitor: str = "accuracy"
+    """What picks the best checkpoint (and early stopping): ``accuracy`` (at the bundle's
+    thresholds) or ``valid_loss`` (which a class-weighted loss distorts)."""
     device: str = "auto"
     """``auto`` (a GPU when present), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool | None = None

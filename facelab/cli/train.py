@@ -61,7 +61,7 @@ def train_cmd(
     valid_fraction: float = typer.Option(0.2, help="Validation share when the data has no official split."),
     seed: int = typer.Option(0, help="Random seed (splits, init, shuffling, augmentation)."),
     patience: Optional[int] = typer.Option(None, help="Early stopping after N epochs without improvement."),
-    monitor: str = typer.Option("valid_loss", help="valid_loss or accuracy picks the best checkpoint."),
+    monitor: str = typer.Option("accuracy", help="accuracy or valid_loss picks the best checkpoint."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
                                               help="ImageNet weights [yes for transfer models]."),
     weights: Optional[Path] = typer.Option(None, help="Local backbone weights file."),
