@@ -34,7 +34,10 @@ from facelab.tasks import Task, infer_task, targets_from_table
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "efficientnet_lite0"
+# Picked by bench/train.py (accuracy per CPU minute on celeba-mini, docs/train.md); for
+# larger data or people, a pretrained backbone (efficientnet_lite0, mobilenetv2_100) is
+# the better start.
+DEFAULT_MODEL = "lenet5"
 SCHEDULES = ("onecycle", "cosine")
 IMBALANCE_MODES = ("auto", "none", "weighted", "oversample")
 MONITORS = ("valid_loss", "accuracy")

@@ -44,7 +44,7 @@ def _attrs(attrs: Optional[str]) -> Optional[list[str]]:
 def train_cmd(
     data: Path = typer.Argument(..., help="Photos: folder per class, CelebA root, CSV, or a `facelab prepare` output."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (`facelab models`), any timm name, "
-                                        "or face-embed [efficientnet_lite0]."),
+                                        "or face-embed [lenet5]."),
     name: Optional[str] = typer.Option(None, help="Run name: runs/NAME [<data>-<model>]."),
     out: str = typer.Option("runs", help="Folder holding the runs."),
     task: Optional[str] = typer.Option(None, help="binary, multiclass or multilabel [inferred]."),
@@ -94,7 +94,7 @@ def train_cmd(
 
 def lr_find_cmd(
     data: Path = typer.Argument(..., help="The data source to train on."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone [efficientnet_lite0]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone [lenet5]."),
     attrs: Optional[str] = typer.Option(None, help="Attributes to learn [all]."),
     task: Optional[str] = typer.Option(None, help="binary, multiclass or multilabel [inferred]."),
     size: Optional[int] = typer.Option(None, "--size", help="Input side in pixels [model default]."),
