@@ -36,21 +36,25 @@ def run_demo(data: Path, out: Path, epochs: int, model: str | None) -> dict[str,
 
     _step("evaluate")
     result = facelab.evaluate(run, out / "faces")
-    outputs["evaluation report"] = Path(result.html_path)
+    print(result.summary())
+    outputs["evaluation report"] = result.files["report"]
+    outputs["model card"] = result.files["model_card"]
 
     _step("explain")
     table = facelab.load_source(out / "faces")
     photos = [p for p, s in zip(table.paths, table.splits) if s in ("test", None)][:4]
     explained = facelab.explain(run, photos)
-    outputs["explanations"] = Path(explained.out)
+    outputs["explanations"] = explained.out
 
     _step("export to ONNX")
     exported = facelab.export(run)
-    outputs["ONNX model"] = Path(exported.onnx_path)
+    print(f"{exported.path}: max |ONNX - PyTorch| = {exported.max_abs_diff:.2e}")
+    outputs["ONNX model"] = Path(exported.path)
 
-    _step("predict on the original photos")
-    report = facelab.predict(run, [table.paths[0]])
-    print(report.format_table() if hasattr(report, "format_table") else report)
+    _step("predict on the photos")
+    report = facelab.predict(run, photos)
+    print(report.table())
+    print(report.summary())
     return outputs
 
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True, help="a data source (class folders, CelebA layout, CSV)")
     parser.add_argument("--out", required=True, help="folder for every output")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--model", default=None, help="model name (default: facelab's default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

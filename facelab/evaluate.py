@@ -50,7 +50,7 @@ class EvaluateConfig:
     """Split to report on when the source has splits; None = every photo."""
     tune_split: str | None = "valid"
     """Split on which decision thresholds are tuned (binary / multilabel); None = no tuning."""
-    tune_metric: str = "balanced_accuracy"
+    tune_metric: str = "accuracy"
     """What the tuned thresholds maximise: balanced_accuracy, accuracy or f1."""
     save_thresholds: bool = True
     """Write the tuned thresholds into the run's bundle.json (task.thresholds)."""

@@ -319,6 +319,30 @@ def class_balance(y: torch.Tensor, task: Task, mode: str, ratio: float) -> Balan
     return Balance(pw, None, f"imbalance: pos_weight ({detail})")
 
 
+def init_head_bias(model: nn.Module, y: torch.Tensor, task: Task, balance: Balance) -> None:
+    """Start the output layer at the training labels' priors (log-odds / log-frequency).
+
+    With a zero bias every attribute starts at p = 0.5, and on 660 photos the first
+    epochs are spent learning the base rates (CelebA's all-majority baseline is ~80%):
+    models ended below that baseline. Starting at the priors makes epoch 1 begin at the
+    baseline, so training spends its steps on the faces. Under ``pos_weight`` w the
+    loss-optimal constant logit is log(w p / (1 - p)).
+    """
+    linears = [m for m in model.get_classifier().modules() if isinstance(m, nn.Linear)]
+    if not linears or linears[-1].bias is None or linears[-1].out_features != task.num_outputs:
+        return
+    bias = linears[-1].bias
+    with torch.no_grad():
+        if task.kind == "multiclass":
+            counts = torch.bincount(y.long(), minlength=len(task.labels)).float() + 1
+            bias.copy_(torch.log(counts / counts.sum()))
+        else:
+            yy = y.float().reshape(len(y), -1)
+            p = (yy.sum(0) + 1) / (len(yy) + 2)  # Laplace smoothing: no infinite logits
+            w = balance.loss_weight.float() if balance.loss_weight is not None else torch.ones_like(p)
+            bias.copy_(torch.log(w * p / (1 - p)))
+
+
 def compensated_task(task: Task, balance: Balance) -> Task:
     """With ``pos_weight`` w the sigmoid over-states the positive class: it outputs
     w*p / (w*p + 1 - p). Deciding at w / (1 + w) is the same as deciding at p = 0.5, so
@@ -673,6 +697,7 @@ def _train_single(config: TrainConfig) -> Path:
     data.task = compensated_task(data.task, balance)
     model = create_model(config.model, data.task.num_outputs, pretrained=bool(config.pretrained),
                          weights=config.weights, allow_download=config.download_weights)
+    init_head_bias(model, data.train_y, data.task, balance)
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
