@@ -18,8 +18,11 @@ test: setup
 bench: setup
 	$(PY) bench/prepare.py
 	$(PY) bench/train.py
-	$(PY) bench/serve.py
+	$(PY) -m facelab train $(DATA) --model efficientnet_lite0 --size 128 --epochs 2 --name bench-serve --overwrite
+	$(PY) bench/serve.py --run runs/bench-serve
 	$(PY) bench/people.py
+	$(PY) bench/evaluate.py
+	$(PY) bench/inspect_collect.py
 
 clean:
 	rm -rf out runs .cache
