@@ -85,8 +85,11 @@ def embed_accuracy(s: dict, train: np.ndarray, test: np.ndarray, head: str) -> f
 def cnn_accuracy(s: dict, train: np.ndarray, test: np.ndarray, model: str, epochs: int, work: Path) -> dict:
     """Train ``model`` with facelab.train on the same crops; accuracy on the test rows."""
     from facelab import train as train_api
+    from facelab._io import write_json
     from facelab.bundle import load
+    from facelab.data import PREPARED_MANIFEST
     from facelab.images import read_image
+    from facelab.prepare import PrepareConfig
 
     folder = work / "data"
     if folder.exists():
@@ -96,20 +99,18 @@ def cnn_accuracy(s: dict, train: np.ndarray, test: np.ndarray, model: str, epoch
             dst = folder / split / f"p{s['labels'][i]:03d}" / f"{i}{s['paths'][i].suffix}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(s["paths"][i])
+    # the crops are already prepared: say so, or training would detect and align them again
+    write_json(folder / PREPARED_MANIFEST, {"config": PrepareConfig().to_dict()})
     t0 = time.perf_counter()
-    run = train_api(str(folder), model=model, epochs=epochs, out=str(work / f"run-{model}"), **cnn_kwargs())
+    run = train_api(str(folder), model=model, epochs=epochs, out=str(work), name=f"run-{model}",
+                    overwrite=True, progress=False, threads=2, batch_size=16)
     sec = time.perf_counter() - t0
-    predictor = load(run if isinstance(run, (str, Path)) else getattr(run, "run_dir", run))
+    predictor = load(run)
     probs = np.concatenate([predictor.predict_crops([read_image(s["paths"][i]) for i in test[j:j + 64]])
                             for j in range(0, len(test), 64)])
     names = [predictor.labels[i] for i in probs.argmax(1)]
     truth = [f"p{s['labels'][i]:03d}" for i in test]
     return {"acc": float(np.mean([a == b for a, b in zip(names, truth)])), "train_seconds": sec}
-
-
-def cnn_kwargs() -> dict:
-    """Extra facelab.train options for the benchmark (filled in by what TrainConfig has)."""
-    return {}
 
 
 def two_person(s: dict, k: int, seed: int) -> dict:
@@ -206,15 +207,19 @@ def main() -> None:
     ap.add_argument("--cnn", default="efficientnet_lite0,lenet5",
                     help="comma-separated facelab.train models to compare ('none' to skip)")
     ap.add_argument("--epochs", type=int, default=8, help="epochs for each CNN")
+    ap.add_argument("--cnn-k", default="1,3,5,10", help="the k values that also train the CNNs (slow on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "people.json")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
+    from facelab._io import write_json
+
     cnns = [] if args.cnn == "none" else args.cnn.split(",")
+    cnn_k = {int(k) for k in args.cnn_k.split(",")}
     work = Path(tempfile.mkdtemp(prefix="facelab-bench-people-"))
-    results: dict = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+    results: dict = {"cnn_epochs": args.epochs, "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                                  "note": "shared 2-core machine; timings are noisy"},
                      "sets": {}, "few_shot": [], "two_person": {}, "unknown": {}, "verification": {}}
     try:
@@ -228,7 +233,7 @@ def main() -> None:
                 row = {"set": name, "k": k_eff, "test_photos": len(draws[0][1])}
                 for head in ("logreg", "knn"):
                     row[f"face-embed/{head}"] = float(np.mean([embed_accuracy(s, tr, te, head) for tr, te in draws]))
-                for model in cnns:
+                for model in (cnns if k in cnn_k else []):
                     try:
                         row[model] = cnn_accuracy(s, *draws[0], model, args.epochs, work)["acc"]
                     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not stop
@@ -236,6 +241,7 @@ def main() -> None:
                         results.setdefault("errors", []).append(f"{model} {name} k={k_eff}: {exc}")
                 results["few_shot"].append(row)
                 print(json.dumps(row), flush=True)
+                write_json(args.out.with_suffix(".partial.json"), results)
             results["two_person"][name] = two_person(s, min(10, 9 if name == "orl-faces" else 10), args.seed)
         results["unknown"]["celeba-mini"] = unknown_rates(sets["celeba-mini"], 20, 10, args.seed)
         results["unknown"]["orl-faces"] = unknown_rates(sets["orl-faces"], 30, 5, args.seed)
@@ -243,8 +249,6 @@ def main() -> None:
         results["enroll"] = enroll_time(sets["celeba-mini"], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from facelab._io import write_json
-
     write_json(args.out, results)
     print_tables(results, cnns)
     print(f"\nwrote {args.out}")
@@ -257,7 +261,7 @@ def _pct(v: float | None) -> str:
 def print_tables(r: dict, cnns: list[str]) -> None:
     cols = ["face-embed/logreg", "face-embed/knn", *cnns]
     print("\nfew-shot accuracy (k training photos per person, rest tested)")
-    print(f"| set | k | test photos | {' | '.join(cols)} |")
+    print(f"| set | k | test photos | {' | '.join(cols)} |  (CNNs: {r.get('cnn_epochs')} epochs, one draw)")
     print("|---|---|---|" + "---|" * len(cols))
     for row in r["few_shot"]:
         print(f"| {row['set']} | {row['k']} | {row['test_photos']} | "

@@ -595,6 +595,13 @@ class EmbeddingPredictor:
         """Aligned crops -> probabilities over the known people, float32 (N, L)."""
         return self.model.probs(self.embed_crops(crops))
 
+    def decide_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """Aligned crops -> (probabilities (N, L), names) from ONE embedding pass; a name
+        is ``unknown`` when the nearest enrolled photo is beyond the calibrated threshold.
+        predict and serve use this (when a predictor has it) for the open-set decision."""
+        names, probs, _ = self.model.identify(self.embed_crops(crops))
+        return probs, names
+
     def identify_crops(self, crops: Sequence[np.ndarray]) -> list[str]:
         """Aligned crops -> names; ``unknown`` when the nearest enrolled photo is farther
         than the calibrated threshold."""

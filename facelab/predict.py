@@ -95,9 +95,11 @@ class FaceResult:
     """:class:`facelab.detect.Face` in original-photo coordinates."""
     probs: np.ndarray
     """float32 (len(labels),) probabilities."""
+    identity: str | None = None
+    """Open-set decision of an identity model (a known name or ``unknown``), else None."""
 
     def to_dict(self, task: Task) -> dict[str, Any]:
-        return {**face_dict(self.face), "prediction": prediction_dict(task, self.probs)}
+        return {**face_dict(self.face), "prediction": prediction_dict(task, self.probs, self.identity)}
 
 
 @dataclass
@@ -120,16 +122,19 @@ def face_dict(face: Any) -> dict[str, Any]:
             "score": round(float(face.score), 4)}
 
 
-def prediction_dict(task: Task, probs: np.ndarray) -> dict[str, Any]:
+def prediction_dict(task: Task, probs: np.ndarray, identity: str | None = None) -> dict[str, Any]:
     """Probabilities -> ``{"probs": {label: p}, "decision": ..., "top": label}`` (JSON-ready).
 
     ``decision`` is the predicted label (binary, multiclass) or the list of present
-    attributes (multilabel), using the bundle's thresholds.
+    attributes (multilabel), using the bundle's thresholds; for an identity model it is
+    the open-set ``identity`` (a known name or ``unknown``) when given.
     """
     probs = np.asarray(probs, dtype=np.float64)
     decided = task.decide(probs[None])[0]
-    if task.kind == "multilabel":
-        decision: Any = [lab for lab, d in zip(task.labels, decided) if d]
+    if identity is not None:
+        decision: Any = identity
+    elif task.kind == "multilabel":
+        decision = [lab for lab, d in zip(task.labels, decided) if d]
     else:
         decision = task.labels[int(decided)]
     return {"probs": {lab: round(float(p), 5) for lab, p in zip(task.labels, probs)},
@@ -141,8 +146,19 @@ def predict_rgb(predictor: Any, rgb: np.ndarray, all_faces: bool = False) -> lis
     prepared = face_pipeline(predictor.bundle, all_faces).process(rgb)
     if not prepared:
         return []
-    probs = predictor.predict_crops([p.crop for p in prepared])
-    return [FaceResult(p.face, pr) for p, pr in zip(prepared, probs)]
+    probs, names = classify_crops(predictor, [p.crop for p in prepared])
+    return [FaceResult(p.face, pr, n) for p, pr, n in zip(prepared, probs, names)]
+
+
+def classify_crops(predictor: Any, crops: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
+    """Crops -> (probabilities (N, L), open-set identity per crop or None).
+
+    Identity models (``decide_crops``) say ``unknown`` beyond their calibrated threshold,
+    from the same embedding pass; other models have no identity."""
+    if hasattr(predictor, "decide_crops"):
+        probs, names = predictor.decide_crops(crops)
+        return probs, list(names)
+    return predictor.predict_crops(crops), [None] * len(crops)
 
 
 # --------------------------------------------------------------------------- many photos
@@ -203,7 +219,7 @@ class PredictReport:
             if not p.faces:
                 out.append({"path": p.path, "face": "", "status": p.status, "reason": p.reason})
             for i, f in enumerate(p.faces):
-                pred = prediction_dict(self.task, f.probs)
+                pred = prediction_dict(self.task, f.probs, f.identity)
                 row = {"path": p.path, "face": i, "status": p.status, "reason": "",
                        "box": " ".join(f"{v:.0f}" for v in f.face.box), "decision": _decision_text(pred)}
                 row.update(pred["probs"])
@@ -226,7 +242,7 @@ class PredictReport:
             if not p.faces:
                 lines.append(f"{name:40s} {'-':>4s}  {p.status}: {p.reason}")
             for i, f in enumerate(p.faces):
-                pred = prediction_dict(self.task, f.probs)
+                pred = prediction_dict(self.task, f.probs, f.identity)
                 best = sorted(pred["probs"].items(), key=lambda kv: -kv[1])[:top]
                 box = " ".join(f"{v:.0f}" for v in f.face.box)
                 probs = "  ".join(f"{k} {v:.2f}" for k, v in best)
@@ -292,9 +308,10 @@ def _predict_chunk(predictor: Any, paths: Iterable[Path], all_faces: bool) -> li
         results.append(result)
         prepared.append(faces)
     crops = [f.crop for faces in prepared for f in faces]
-    probs = iter(predictor.predict_crops(crops)) if crops else iter(())
+    probs, names = classify_crops(predictor, crops) if crops else ([], [])
+    rows = iter(zip(probs, names))
     for result, faces in zip(results, prepared):
-        result.faces = [FaceResult(f.face, next(probs)) for f in faces]
+        result.faces = [FaceResult(f.face, *next(rows)) for f in faces]
     return results
 
 

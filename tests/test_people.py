@@ -216,3 +216,25 @@ def test_embedding_cache(orl_faces: Path, tmp_path: Path) -> None:
     assert np.linalg.norm(first[0] - first[1]) < 0.6  # same person, raw (unaligned) ORL photos
     with pytest.raises(ValueError, match="uint8"):
         embed_crops([crops[0].astype(np.float32)], cache=False)
+
+
+def test_predict_and_serve_say_unknown_for_strangers(orl_run: Path, orl_faces: Path) -> None:
+    """The open-set decision reaches `facelab predict` and the service's batched model call."""
+    from facelab.bundle import load
+    from facelab.images import read_image
+    from facelab.predict import face_pipeline, predict
+    from facelab.serve.app import _batch_fn
+
+    strangers = [orl_faces / s / "1.pgm" for s in STRANGERS]
+    known = [orl_faces / s / "10.pgm" for s in ("s1", "s4")]
+    report = predict(orl_run, strangers + known, progress=False)
+    decisions = [p.faces[0].to_dict(report.task)["prediction"]["decision"] for p in report.photos]
+    assert decisions[-2:] == ["s1", "s4"]
+    assert decisions[:-2].count("unknown") >= len(strangers) - 1
+
+    predictor = load(orl_run)
+    pipeline = face_pipeline(predictor.bundle, False)
+    crops = [f.crop for path in strangers[:2] + known[:1] for f in pipeline.process(read_image(path))]
+    rows = _batch_fn(predictor)(crops)
+    assert [r[0].shape for r in rows] == [(len(KNOWN),)] * 3
+    assert rows[2][1] == "s1" and "unknown" in (rows[0][1], rows[1][1])

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class Service:
             pipe = face_pipeline(predictor.bundle, self.config.all_faces)
             digest = pipe.config.digest()
             self._configs[digest] = pipe.config
-            batcher = MicroBatcher(predictor.predict_crops, self.model_pool, self.config.max_batch,
+            batcher = MicroBatcher(_batch_fn(predictor), self.model_pool, self.config.max_batch,
                                    self.config.max_wait_ms)
             self.models[name] = LoadedModel(name, str(run), predictor, batcher, digest)
             log.info("model %s: %s backend, %d labels", name, backend_of(predictor), len(predictor.labels))
@@ -208,9 +208,9 @@ class Service:
         probs = await asyncio.gather(*(m.batcher.submit([p.crop for p in found[m.digest]]) for m in models))
         faces: list[dict[str, Any]] = []
         for m, rows in zip(models, probs):
-            for prepared, row in zip(found[m.digest], rows):
+            for prepared, (row, identity) in zip(found[m.digest], rows):
                 entry = _face_entry(faces, prepared.face)
-                entry["predictions"][m.name] = prediction_dict(m.predictor.task, row)
+                entry["predictions"][m.name] = prediction_dict(m.predictor.task, row, identity)
         t2 = time.perf_counter()
         return {"width": w, "height": h, "models": [m.name for m in models], "faces": faces,
                 "timing_ms": {"detect": round((t1 - t0) * 1e3, 2), "classify": round((t2 - t1) * 1e3, 2),
@@ -512,3 +512,12 @@ def _require_uvicorn() -> Any:
     from facelab._deps import require
 
     return require("uvicorn", "uvicorn[standard]", "facelab serve")
+
+
+def _batch_fn(predictor: Any) -> Callable[[list[np.ndarray]], list[tuple[np.ndarray, str | None]]]:
+    """The batched model call: crops -> [(probabilities, open-set identity or None)]."""
+    from facelab.predict import classify_crops
+
+    def run(crops: list[np.ndarray]) -> list[tuple[np.ndarray, str | None]]:
+        return list(zip(*classify_crops(predictor, crops)))
+    return run
