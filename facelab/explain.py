@@ -321,6 +321,79 @@ def _draw_box(rgb: np.ndarray, face: "Face") -> np.ndarray:
     return out
 
 
+# --------------------------------------------------------------------------- does the map point at the face?
+
+@dataclass
+class FacePhoto:
+    """A photo with its detected face and aligned crop (detect once, explain many times)."""
+
+    path: str
+    rgb: np.ndarray
+    face: "Face"
+    crop: np.ndarray
+
+
+@dataclass
+class PointingGame:
+    """Where the heat maps peak on the original photos, against the detected face boxes."""
+
+    photos: int
+    in_box: float
+    """Share of photos whose map, carried back onto the photo, peaks inside the face box
+    (an empty map, one with no positive evidence at all, counts as a miss)."""
+    empty: float
+    """Share of photos whose map is empty (all zero)."""
+    chance: float
+    """Expected ``in_box`` of a peak placed uniformly at random on the crop: the mean of
+    face-box area / area of the crop's footprint on the photo."""
+
+
+def face_photos(prepare: dict, paths: Sequence[str | Path]) -> list[FacePhoto]:
+    """Each readable photo with a face -> its largest face and crop (others skipped, logged)."""
+    from facelab.images import ImageError, read_image
+    from facelab.prepare import FacePipeline
+
+    pipeline, out = FacePipeline(prepare), []
+    for path in paths:
+        try:
+            rgb = read_image(path)
+        except ImageError as exc:
+            log.warning("skipped %s", exc)
+            continue
+        faces = pipeline.process(rgb)
+        if faces:
+            out.append(FacePhoto(str(path), rgb, faces[0].face, faces[0].crop))
+        else:
+            log.warning("skipped %s: no face found", path)
+    return out
+
+
+def pointing_game(predictor: Any, photos: Sequence[FacePhoto], target: str, method: str = "gradcam",
+                  layer: str | None = None, batch: int = 32) -> PointingGame:
+    """Explain ``target`` on every photo and count the maps whose peak on the ORIGINAL photo
+    (through :func:`to_original`) lies inside the detected face box."""
+    if not photos:
+        raise ValueError("pointing_game needs at least one photo with a face")
+    index = target_index(predictor.task, np.zeros(len(predictor.task.labels)), target)
+    prepare = predictor.bundle["prepare"]
+    hits, empty, chance = 0, 0, []
+    for start in range(0, len(photos), batch):
+        chunk = photos[start:start + batch]
+        cams = class_activation_maps(predictor, [p.crop for p in chunk], [index] * len(chunk), method, layer)
+        for p, cam in zip(chunk, cams):
+            x0, y0, x1, y1 = p.face.box
+            footprint = to_original(np.ones_like(cam), p.face, prepare, p.rgb.shape)
+            chance.append((x1 - x0) * (y1 - y0) / max(float((footprint > 0.5).sum()), 1.0))
+            if cam.max() <= 0:
+                empty += 1
+                continue
+            back = to_original(cam, p.face, prepare, p.rgb.shape)
+            y, x = np.unravel_index(int(back.argmax()), back.shape)
+            hits += bool(x0 <= x <= x1 and y0 <= y <= y1)
+    n = len(photos)
+    return PointingGame(n, hits / n, empty / n, float(np.mean(chance)))
+
+
 # --------------------------------------------------------------------------- inside the CNN
 
 def feature_maps(predictor: Any, crop: np.ndarray, blocks: int = 3) -> list[tuple[str, np.ndarray]]:
