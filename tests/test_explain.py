@@ -173,14 +173,9 @@ def test_gradcam_maps_are_non_trivial_and_peak_inside_the_face_box(smiling_vgg: 
     """Grad-CAM for Smiling on 160 real faces (40 uncropped photos, the map carried back onto
     the photo): finite maps with structure, and a peak inside the detected face box on far more
     photos than chance (box area / crop footprint, ~0.24) and than the same network untrained
-    (whose maps cannot know where a face is). Seen: 0.86 trained, 0.05 untrained (seed 0);
-    over seeds 0-3, 0.57-0.86."""
-    import copy
-
-    import torch
-
+    (random weights, mean of 3 seeds: its maps cannot know where a face is). Seen: 0.86
+    trained; training seeds 1-3 gave 0.76, 0.57, 0.63."""
     from facelab.bundle import load
-    from facelab.models import create_model
 
     predictor = load(smiling_vgg)
     assert len(face_photos) >= 150
@@ -193,10 +188,8 @@ def test_gradcam_maps_are_non_trivial_and_peak_inside_the_face_box(smiling_vgg: 
         assert cam.max() == pytest.approx(1.0) and cam.std() > 0.05 and 0.002 < (cam > 0.5).mean() < 0.8
 
     trained = X.pointing_game(predictor, face_photos, "Smiling")
-    untrained = copy.copy(predictor)
-    torch.manual_seed(0)
-    untrained.model = create_model("smallvgg", predictor.task.num_outputs).eval()
-    control = X.pointing_game(untrained, face_photos, "Smiling")
-    assert trained.chance == pytest.approx(control.chance) and 0.15 < trained.chance < 0.35
-    assert trained.in_box >= 2 * trained.chance, (trained, control)
-    assert trained.in_box >= control.in_box + 0.3, (trained, control)
+    controls = [X.pointing_game(X.randomized(predictor, seed), face_photos, "Smiling") for seed in range(3)]
+    untrained = float(np.mean([c.in_box for c in controls]))
+    assert all(c.chance == pytest.approx(trained.chance) for c in controls) and 0.15 < trained.chance < 0.35
+    assert trained.in_box >= 2 * trained.chance, (trained, controls)
+    assert trained.in_box >= untrained + 0.3, (trained, controls)
