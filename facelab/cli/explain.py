@@ -18,7 +18,7 @@ def explain_cmd(
     out: Optional[Path] = typer.Option(None, help="Output folder (default RUN/explain)."),
     method: str = typer.Option("gradcam", help="gradcam, hirescam or gradcam++."),
     target: Optional[str] = typer.Option(None, help="Label to explain (default: the predicted one)."),
-    layer: Optional[str] = typer.Option(None, help="Module name to explain at (default: last spatial layer)."),
+    layer: Optional[str] = typer.Option(None, help="Module name to explain at (default: the last map at least 6 cells across)."),
     aligned: bool = typer.Option(False, "--aligned", help="The photos are already aligned face crops."),
     feature_maps: bool = typer.Option(True, "--feature-maps/--no-feature-maps",
                                       help="Also draw feature maps and first-layer filters."),
