@@ -102,10 +102,10 @@ def main() -> None:
     print(f"evaluate: {res.metrics['n']} test photos (+ valid for tuning) in {eval_s:.1f} s; "
           f"mean accuracy {res.metrics['accuracy']:.3f} vs majority baseline {res.metrics['baseline']['accuracy']:.3f}")
     print(f"CAM for {args.target}: share of photos whose peak on the photo is inside the face box")
-    print(f"{'photos':10s} {'layer':28s} {'method':9s} {'in box':>6s} {'empty':>6s} {'untrained':>9s} "
+    print(f"{'photos':13s} {'layer':28s} {'method':9s} {'in box':>6s} {'empty':>6s} {'untrained':>9s} "
           f"{'chance':>6s} {'ms/photo':>8s}")
     for r in rows:
-        print(f"{r['photos'] + ' ' + str(r['n']):10s} {r['layer'][:28]:28s} {r['method']:9s} {r['in_box']:6.2f} "
+        print(f"{r['photos'] + ' ' + str(r['n']):13s} {r['layer'][:28]:28s} {r['method']:9s} {r['in_box']:6.2f} "
               f"{r['empty']:6.2f} {r['untrained_in_box']:9.2f} {r['chance']:6.2f} {r['ms_per_photo']:8.1f}")
     print(f"-> {out}")
 
