@@ -97,38 +97,72 @@ def start_server(run: str, port: int, extra: list[str]) -> subprocess.Popen:
     sys.exit("server did not start within 180 s")
 
 
-async def load_level(url: str, photos: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
-    import httpx
+def multipart_request(port: int, path: str, photo: bytes) -> bytes:
+    """One complete, pre-encoded HTTP/1.1 keep-alive request: a multipart form with the
+    photo in field ``image``, as a browser or ``curl -F`` sends it."""
+    boundary = "facelabbench7MA4YWxkTrZu0gW"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"photo.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: keep-alive\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
 
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status code and body of one HTTP/1.1 response with a Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, await reader.readexactly(length)
+
+
+async def load_level(port: int, path: str, photos: list[bytes], clients: int, seconds: float,
+                     max_requests: int) -> dict:
+    """``clients`` closed-loop clients, each on its own keep-alive connection, POST
+    pre-encoded multipart requests for ``seconds``; every answer must be a 200 with a
+    JSON ``faces`` list, anything else (or a dropped connection) counts as an error."""
+    requests = [multipart_request(port, path, p) for p in photos]
     ms: list[float] = []
     errors: dict[str, int] = {}
     sent = 0
     t_end = time.perf_counter() + seconds
 
-    async def client(k: int, http: httpx.AsyncClient) -> None:
-        nonlocal sent
-        i = k
-        while time.perf_counter() < t_end and sent < max_requests:
-            sent += 1
-            data = photos[i % len(photos)]
-            i += clients
-            t0 = time.perf_counter()
-            try:
-                r = await http.post(url, content=data, headers={"Content-Type": "image/jpeg"})
-                if r.status_code != 200:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                    continue
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                continue
-            ms.append((time.perf_counter() - t0) * 1e3)
+    def error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-        await http.post(url, content=photos[0], headers={"Content-Type": "image/jpeg"})  # warm connection
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(k, http) for k in range(clients)))
-        elapsed = time.perf_counter() - t0
+    async def client(k: int) -> None:
+        nonlocal sent
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = k
+        try:
+            while time.perf_counter() < t_end and sent < max_requests:
+                sent += 1
+                request = requests[i % len(requests)]
+                i += clients
+                t0 = time.perf_counter()
+                try:
+                    writer.write(request)
+                    status, body = await asyncio.wait_for(read_response(reader), 60)
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+                    error(type(exc).__name__)
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    continue
+                if status != 200:
+                    error(str(status))
+                elif not isinstance(json.loads(body).get("faces"), list):
+                    error("bad_answer")
+                else:
+                    ms.append((time.perf_counter() - t0) * 1e3)
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    elapsed = time.perf_counter() - t0
     return {"clients": clients, "requests": len(ms), "errors": errors, "seconds": round(elapsed, 2),
             "images_per_s": round(len(ms) / elapsed, 1), **percentiles(ms)}
 
@@ -141,7 +175,7 @@ def service(run: str, photos: list[bytes], levels: list[int], seconds: float, ma
     proc = start_server(run, port, extra)
     try:
         base = f"http://127.0.0.1:{port}"
-        rows = [asyncio.run(load_level(f"{base}/api/predict", photos, c, seconds, max_requests)) for c in levels]
+        rows = [asyncio.run(load_level(port, "/api/predict", photos, c, seconds, max_requests)) for c in levels]
         health = httpx.get(f"{base}/healthz", timeout=5).json()
     finally:
         proc.terminate()

@@ -192,3 +192,23 @@ def test_websocket_stream(server: tuple[str, Path], photos: list[Path], celeba_r
         assert "faces" in json.loads(ws.recv(timeout=60))
     with ws_client.connect(url.replace("http://", "ws://") + "/api/stream") as ws:
         assert json.loads(ws.recv(timeout=30))["error"]["code"] == "unauthorized"
+
+
+def test_request_timeout_answers_504_and_drops_the_work(binary_run: Path, photos: list[Path],
+                                                        tmp_path: Path) -> None:
+    """A batch that waits longer than the request may take (real knobs: --max-wait-ms far
+    above --timeout, real detection and model): a JSON 504, and the abandoned crops are
+    dropped from the batch, never run through the model."""
+    with running_server([binary_run], tmp_path, "--timeout", "2", "--max-wait-ms", "5000") as url:
+        r = _post(url, photos[0].read_bytes(), key=None)
+        assert r.status_code == 504, r.text
+        error = r.json()["error"]
+        assert error["code"] == "timeout" and "--timeout" in error["message"]
+        deadline = time.time() + 30
+        while True:  # the batch closes 5 s after the crops arrived
+            stats = httpx.get(f"{url}/healthz").json()["batching"][_model_names([binary_run])[0]]
+            if stats["dropped"] or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert stats["dropped"] == 1 and stats["calls"] == 0 and stats["items"] == 0, stats
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"

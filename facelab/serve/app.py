@@ -45,7 +45,8 @@ class ServeConfig:
     max_pixels: int = 40_000_000
     """Largest accepted image in pixels (413 above; guards against decompression bombs)."""
     request_timeout: float = 30.0
-    """Seconds a request may take, upload included (504 after)."""
+    """Seconds a request may take, upload included (504 ``timeout`` after). Its queued
+    detection and its crops waiting for a batch are then dropped, not computed."""
     api_key: str | None = None
     """When set, ``/api/*`` needs header ``X-API-Key`` (WebSocket: ``?api_key=``)."""
     cors_origins: tuple[str, ...] = ()
@@ -480,7 +481,9 @@ async def _with_timeout(coro: Any, seconds: float) -> Any:
     try:
         return await asyncio.wait_for(coro, seconds)
     except asyncio.TimeoutError:
-        raise ApiError(504, "timeout", f"the request took longer than {seconds:g} s") from None
+        raise ApiError(504, "timeout", f"the request took longer than the server's limit of {seconds:g} s "
+                                       "(server busy or a very large photo); try again, or start the "
+                                       "server with a larger --timeout") from None
 
 
 def _key_of(request: Any) -> str | None:

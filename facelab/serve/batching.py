@@ -5,6 +5,10 @@ task per model takes the first waiting request, then keeps gathering for at most
 ``max_wait_ms`` (or until ``max_batch`` crops), runs the model once in a worker thread and
 hands every request its own rows. While the model runs, new requests queue up and form the
 next batch, so batches grow with the load and a lone request waits at most ``max_wait_ms``.
+
+A caller that gives up (its request timed out, its client went away) cancels its
+``submit``; its crops are then dropped before the next model call instead of being
+computed for nobody (counted in :attr:`BatchStats.dropped`).
 """
 from __future__ import annotations
 
@@ -28,11 +32,13 @@ class BatchStats:
     items: int = 0
     largest: int = 0
     seconds: float = 0.0
+    dropped: int = 0
+    """Requests abandoned (cancelled) before their model call: never computed."""
 
     def to_dict(self) -> dict[str, Any]:
         mean = self.items / self.calls if self.calls else 0.0
         return {"calls": self.calls, "items": self.items, "largest_batch": self.largest,
-                "mean_batch": round(mean, 2), "model_seconds": round(self.seconds, 3)}
+                "mean_batch": round(mean, 2), "model_seconds": round(self.seconds, 3), "dropped": self.dropped}
 
 
 @dataclass
@@ -94,7 +100,9 @@ class MicroBatcher:
                     break
                 jobs.append(job)
                 size += len(job.items)
-            await self._run([j for j in jobs if not j.future.cancelled()])
+            live = [j for j in jobs if not j.future.cancelled()]
+            self.stats.dropped += len(jobs) - len(live)
+            await self._run(live)
 
     async def _run(self, jobs: list[_Job]) -> None:
         if not jobs:
