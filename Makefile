@@ -18,8 +18,9 @@ test: setup
 bench: setup
 	$(PY) bench/prepare.py
 	$(PY) bench/train.py
-	$(PY) -m facelab train $(DATA) --model efficientnet_lite0 --size 128 --epochs 2 --name bench-serve --overwrite
-	$(PY) bench/serve.py --run runs/bench-serve
+	$(PY) -m facelab train $(DATA) --epochs 2 --name bench-serve --overwrite
+	$(PY) -m facelab train $(DATA) --model efficientnet_lite0 --size 128 --epochs 2 --name bench-serve-lite0 --overwrite
+	$(PY) bench/serve.py --run runs/bench-serve runs/bench-serve-lite0
 	$(PY) bench/people.py
 	$(PY) bench/evaluate.py
 	$(PY) bench/inspect_collect.py

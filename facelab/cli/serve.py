@@ -33,7 +33,11 @@ def serve_cmd(
     max_connections: int = typer.Option(256, help="Concurrent connections before answering 503."),
     omp_threads: int = typer.Option(1, help="OpenMP threads per operation (the server's parallelism comes "
                                            "from concurrent requests; more threads fight over the cores)."),
+    workers: int = typer.Option(1, help="Server processes (each loads the models; detection holds the GIL, "
+                                        "so one process uses about one core)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (off: it costs "
+                                                               "CPU under load)."),
 ) -> None:
     """Serve RUNS over HTTP: JSON API, live-video WebSocket and a web page at /."""
     os.environ["OMP_NUM_THREADS"] = str(omp_threads)  # before the detector's OpenMP runtime loads
@@ -49,4 +53,5 @@ def serve_cmd(
                          threads=threads, model_threads=model_threads, all_faces=all_faces)
     typer.echo(f"facelab serve: http://{host}:{port}/  (API docs: /docs"
                f"{', API key required' if config.api_key else ''})")
-    serve(config, host=host, port=port, log_level=log_level, max_connections=max_connections)
+    serve(config, host=host, port=port, log_level=log_level, max_connections=max_connections,
+          access_log=access_log, workers=workers)

@@ -12,7 +12,9 @@ size cap and never written to disk.
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
+import json
 import logging
 import os
 import threading
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_KEY_ENV = "FACELAB_API_KEY"
+CONFIG_ENV = "FACELAB_SERVE_CONFIG"
 
 
 @dataclass
@@ -461,8 +464,6 @@ def api_router() -> Any:
 
 
 async def _stream_message(service: Service, chosen: list[LoadedModel], msg: dict) -> tuple[list, dict]:
-    import json
-
     try:
         if msg.get("text") is not None:
             wanted = json.loads(msg["text"]).get("models") or []
@@ -504,11 +505,32 @@ def check_key(config: ServeConfig, given: str | None) -> None:
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          max_connections: int = 256) -> None:
-    """Run the app with uvicorn until interrupted."""
+          max_connections: int = 256, access_log: bool = False, workers: int = 1) -> None:
+    """Run the app with uvicorn until interrupted (one line per request only with
+    ``access_log``: at a hundred requests a second the log costs CPU and says little).
+
+    ``workers`` > 1 starts that many server processes on the same port, each loading the
+    models in its own lifespan: face detection holds Python's GIL, so one process keeps
+    about one core busy however many threads it has."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     uvicorn = _require_uvicorn()
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, timeout_keep_alive=10,
-                limit_concurrency=max_connections, ws_max_size=config.max_upload_bytes + 4096)
+    options = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=10,
+                   limit_concurrency=max_connections, ws_max_size=config.max_upload_bytes + 4096,
+                   access_log=access_log)
+    if workers == 1:
+        uvicorn.run(create_app(config), **options)
+        return
+    os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **options)
+
+
+def app_from_env() -> Any:
+    """The app of one worker process (``serve(workers=N)``): its config comes from the
+    environment variable ``FACELAB_SERVE_CONFIG`` (JSON of :class:`ServeConfig`)."""
+    data = json.loads(os.environ[CONFIG_ENV])
+    data["runs"], data["cors_origins"] = tuple(data["runs"]), tuple(data["cors_origins"])
+    return create_app(ServeConfig(**data))
 
 
 def _require_uvicorn() -> Any:
