@@ -212,3 +212,26 @@ def test_request_timeout_answers_504_and_drops_the_work(binary_run: Path, photos
             time.sleep(0.2)
         assert stats["dropped"] == 1 and stats["calls"] == 0 and stats["items"] == 0, stats
         assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+
+
+def test_two_worker_processes_answer_concurrent_requests(binary_run: Path, photos: list[Path],
+                                                         tmp_path: Path) -> None:
+    """--workers 2: two server processes on one port, each loading the model in its own
+    lifespan from the config in the environment; concurrent requests all get real answers."""
+    from facelab.images import read_image
+    from facelab.predict import load_predictor, predict_rgb
+
+    chosen = photos[:6]
+    with running_server([binary_run], tmp_path, "--workers", "2") as url:
+        async def all_at_once() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(*(client.post(
+                    f"{url}/api/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")})
+                    for p in chosen))
+
+        responses = asyncio.run(all_at_once())
+    predictor = load_predictor(binary_run)
+    for photo, r in zip(chosen, responses):
+        assert r.status_code == 200, r.text
+        expected = predict_rgb(predictor, read_image(photo))
+        assert len(r.json()["faces"]) == len(expected) >= 1
