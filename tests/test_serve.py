@@ -84,6 +84,19 @@ def _post(url: str, data: bytes, key: str | None = KEY, name: str = "photo.jpg",
                       params=params, timeout=60)
 
 
+def _post_all_at_once(url: str, photos: list[Path], key: str | None) -> list[httpx.Response]:
+    """POST every photo concurrently (one multipart request each)."""
+    headers = {"X-API-Key": key} if key else {}
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(
+                f"{url}/api/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")},
+                headers=headers) for p in photos))
+
+    return asyncio.run(all_at_once())
+
+
 def _model_names(runs: list[Path]) -> list[str]:
     from facelab.predict import model_name
 
@@ -112,14 +125,7 @@ def test_concurrent_predictions_are_each_correct(server: tuple[str, Path], photo
 
     url, _ = server
     chosen = photos[:8]
-
-    async def all_at_once() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*(client.post(
-                f"{url}/api/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")},
-                headers={"X-API-Key": KEY}) for p in chosen))
-
-    responses = asyncio.run(all_at_once())
+    responses = _post_all_at_once(url, chosen, KEY)
     names = _model_names([celeba_run, binary_run])
     local = [load_predictor(r) for r in (celeba_run, binary_run)]
     for photo, r in zip(chosen, responses):
@@ -223,13 +229,7 @@ def test_two_worker_processes_answer_concurrent_requests(binary_run: Path, photo
 
     chosen = photos[:6]
     with running_server([binary_run], tmp_path, "--workers", "2") as url:
-        async def all_at_once() -> list[httpx.Response]:
-            async with httpx.AsyncClient(timeout=60) as client:
-                return await asyncio.gather(*(client.post(
-                    f"{url}/api/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")})
-                    for p in chosen))
-
-        responses = asyncio.run(all_at_once())
+        responses = _post_all_at_once(url, chosen, key=None)
     predictor = load_predictor(binary_run)
     for photo, r in zip(chosen, responses):
         assert r.status_code == 200, r.text
