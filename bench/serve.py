@@ -85,15 +85,21 @@ def free_port() -> int:
 
 
 def start_server(run: str, port: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "facelab", "serve", run, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """``facelab serve RUN`` on 127.0.0.1:port, its log in a temporary file (a pipe nobody
+    reads would block the server once it fills, e.g. with 503 warnings)."""
+    import tempfile
+
     import httpx
 
+    cmd = [sys.executable, "-m", "facelab", "serve", run, "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", *extra]
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            log.seek(0)
+            sys.exit(f"server exited: {log.read().decode(errors='replace')[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return proc
@@ -149,30 +155,31 @@ async def load_level(port: int, path: str, photos: list[bytes], clients: int, se
 
     async def client(k: int) -> None:
         nonlocal sent
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         i = k
-        try:
-            while time.perf_counter() < t_end and sent < max_requests:
-                sent += 1
-                request = requests[i % len(requests)]
-                i += clients
-                t0 = time.perf_counter()
-                try:
-                    writer.write(request)
-                    status, body = await asyncio.wait_for(read_response(reader), 60)
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
-                    error(type(exc).__name__)
-                    writer.close()
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    continue
-                if status != 200:
-                    error(str(status))
-                elif not answered_faces(body):
-                    error("bad_answer")
-                else:
-                    ms.append((time.perf_counter() - t0) * 1e3)
-        finally:
-            writer.close()
+        while time.perf_counter() < t_end and sent < max_requests:
+            sent += 1
+            request = requests[i % len(requests)]
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                conn = conn or await asyncio.open_connection("127.0.0.1", port)
+                conn[1].write(request)
+                status, body = await asyncio.wait_for(read_response(conn[0]), 60)
+            except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+                error(type(exc).__name__)  # the request failed; the next one opens a new connection
+                if conn:
+                    conn[1].close()
+                conn = None
+                continue
+            if status != 200:
+                error(str(status))
+            elif not answered_faces(body):
+                error("bad_answer")
+            else:
+                ms.append((time.perf_counter() - t0) * 1e3)
+        if conn:
+            conn[1].close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(clients)))
@@ -193,7 +200,10 @@ def service(run: str, photos: list[bytes], levels: list[int], seconds: float, ma
         health = httpx.get(f"{base}/healthz", timeout=5).json()
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     return rows, health
 
 
@@ -245,7 +255,7 @@ def main() -> None:
                     help="run folder(s) to measure, one after the other (first: the default model's run)")
     ap.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
     ap.add_argument("--max-images", type=int, default=300, help="most images per latency measurement")
-    ap.add_argument("--max-requests", type=int, default=4000, help="most requests per load level")
+    ap.add_argument("--max-requests", type=int, default=10000, help="most requests per load level")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--all-faces", action="store_true", help="every face, not only the bundle's policy")
     ap.add_argument("--serve-args", default="", help="extra `facelab serve` options, e.g. '--threads 4'")
