@@ -6,7 +6,7 @@ task per model takes the first waiting request, then keeps gathering for at most
 hands every request its own rows. While the model runs, new requests queue up and form the
 next batch, so batches grow with the load and a lone request waits at most ``max_wait_ms``.
 
-A caller that gives up (its request timed out, its client went away) cancels its
+A caller that gives up (e.g. its request timed out) cancels its
 ``submit``; its crops are then dropped before the next model call instead of being
 computed for nobody (counted in :attr:`BatchStats.dropped`).
 """
