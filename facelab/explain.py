@@ -373,18 +373,20 @@ def face_photos(prepare: dict, paths: Sequence[str | Path]) -> list[FacePhoto]:
     return out
 
 
-def pointing_game(predictor: Any, photos: Sequence[FacePhoto], target: str, method: str = "gradcam",
+def pointing_game(predictor: Any, photos: Sequence[FacePhoto], target: str | None = None, method: str = "gradcam",
                   layer: str | None = None, batch: int = 32) -> PointingGame:
-    """Explain ``target`` on every photo and count the maps whose peak on the ORIGINAL photo
-    (through :func:`to_original`) lies inside the detected face box."""
+    """Explain ``target`` (None: each photo's prediction, as :func:`explain` does) on every
+    photo and count the maps whose peak on the ORIGINAL photo (through :func:`to_original`)
+    lies inside the detected face box."""
     if not photos:
         raise ValueError("pointing_game needs at least one photo with a face")
-    index = target_index(predictor.task, np.zeros(len(predictor.task.labels)), target)
     prepare = predictor.bundle["prepare"]
     hits, empty, chance = 0, 0, []
     for start in range(0, len(photos), batch):
         chunk = photos[start:start + batch]
-        cams = class_activation_maps(predictor, [p.crop for p in chunk], [index] * len(chunk), method, layer)
+        crops = [p.crop for p in chunk]
+        index = [target_index(predictor.task, probs, target) for probs in predictor.predict_crops(crops)]
+        cams = class_activation_maps(predictor, crops, index, method, layer)
         for p, cam in zip(chunk, cams):
             x0, y0, x1, y1 = p.face.box
             footprint = to_original(np.ones_like(cam), p.face, prepare, p.rgb.shape)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from pathlib import Path
 
@@ -169,12 +170,22 @@ def test_a_map_point_on_the_crop_lands_on_the_same_landmark_in_the_photo(face_ph
             assert np.hypot(x - landmark[0], y - landmark[1]) <= max(1.5, 1.0 / scale), p.path
 
 
+def _chance_tail(hits: int, n: int, p: float) -> float:
+    """P(at least ``hits`` of ``n`` peaks in the box) if each lands there with probability ``p``."""
+    return sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(hits, n + 1))
+
+
 def test_gradcam_maps_are_non_trivial_and_peak_inside_the_face_box(smiling_vgg: Path, face_photos):
     """Grad-CAM for Smiling on 160 real faces (40 uncropped photos, the map carried back onto
     the photo): finite maps with structure, and a peak inside the detected face box on far more
-    photos than chance (box area / crop footprint, ~0.24) and than the same network untrained
-    (random weights, mean of 3 seeds: its maps cannot know where a face is). Seen: 0.86
-    trained; training seeds 1-3 gave 0.76, 0.57, 0.63."""
+    photos than chance and than the same network with random weights (mean of 3 seeds: its
+    maps cannot know where a face is).
+
+    Margins: chance is ~0.24 (face-box area / crop footprint); "far more" = a rate that chance
+    placement reaches with probability < 0.001 (binomial: ~0.35 here) and 0.3 above the
+    random-weight control (~0.02). Seed 0 gives 0.86. Over training seeds 0-7 this small model
+    gave 0.86, 0.76, 0.57, 0.63, 0.49, 0.82, 0.47, 0.82: where a weak model looks varies, so
+    the bar is significance, not seed 0's value."""
     from facelab.bundle import load
 
     predictor = load(smiling_vgg)
@@ -191,5 +202,6 @@ def test_gradcam_maps_are_non_trivial_and_peak_inside_the_face_box(smiling_vgg: 
     controls = [X.pointing_game(X.randomized(predictor, seed), face_photos, "Smiling") for seed in range(3)]
     untrained = float(np.mean([c.in_box for c in controls]))
     assert all(c.chance == pytest.approx(trained.chance) for c in controls) and 0.15 < trained.chance < 0.35
-    assert trained.in_box >= 2 * trained.chance, (trained, controls)
+    hits = round(trained.in_box * trained.photos)
+    assert _chance_tail(hits, trained.photos, trained.chance) < 1e-3, (trained, controls)
     assert trained.in_box >= untrained + 0.3, (trained, controls)
