@@ -33,7 +33,7 @@ def serve_cmd(
     max_connections: int = typer.Option(256, help="Concurrent connections before answering 503."),
     omp_threads: int = typer.Option(1, help="OpenMP threads per operation (the server's parallelism comes "
                                            "from concurrent requests; more threads fight over the cores)."),
-    workers: int = typer.Option(1, help="Server processes (each loads the models; detection holds the GIL, "
+    workers: int = typer.Option(1, min=1, help="Server processes (each loads the models; detection holds the GIL, "
                                         "so one process uses about one core)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (off: it costs "
