@@ -33,7 +33,7 @@ def serve_cmd(
     max_connections: int = typer.Option(256, help="Concurrent connections before answering 503."),
     omp_threads: int = typer.Option(1, help="OpenMP threads per operation (the server's parallelism comes "
                                            "from concurrent requests; more threads fight over the cores)."),
-    workers: int = typer.Option(1, min=1, help="Server processes (each loads the models; detection holds the GIL, "
+    workers: int = typer.Option(1, help="Server processes (each loads the models; detection holds the GIL, "
                                         "so one process uses about one core)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (off: it costs "
@@ -51,6 +51,8 @@ def serve_cmd(
                          max_pixels=int(max_megapixels * 1e6), request_timeout=timeout,
                          cors_origins=tuple(cors_origin), max_batch=max_batch, max_wait_ms=max_wait_ms,
                          threads=threads, model_threads=model_threads, all_faces=all_faces)
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     typer.echo(f"facelab serve: http://{host}:{port}/  (API docs: /docs"
                f"{', API key required' if config.api_key else ''})")
     serve(config, host=host, port=port, log_level=log_level, max_connections=max_connections,
