@@ -92,6 +92,17 @@ class Explanation:
     original: np.ndarray | None = None
     cam_original: np.ndarray | None = None
     """Heat map over the original photo (0 outside the crop's footprint)."""
+    predicted: bool = True
+    """The model decides for ``label`` on this face (its threshold / arg-max)."""
+
+
+def _caption(e: Explanation, method: str) -> str:
+    """What a heat map shows; an empty map says why it is empty."""
+    if e.cam.max() > 0:
+        return f"{method}: {e.label} {e.prob:.2f}"
+    if not e.predicted:
+        return f"no evidence for {e.label}"
+    return f"{method} map empty at p={e.prob:.2f}" + (": try hirescam" if method != "hirescam" else "")
 
 
 @dataclass
@@ -217,7 +228,8 @@ def class_activation_maps(predictor: Any, crops: Sequence[np.ndarray], index: Se
                           method: str = "gradcam", layer: str | None = None) -> np.ndarray:
     """CAMs (N, H, W) in [0, 1] over each crop, for output ``index[i]`` of photo i. A map is all
     zero when nothing in the crop speaks FOR that output (the CAM keeps positive evidence only),
-    e.g. Smiling on a straight face."""
+    e.g. Smiling on a straight face; with Grad-CAM, rarely, also when averaged gradients cancel
+    although the score is high (HiResCAM does not average them)."""
     import torch
     import torch.nn.functional as F
 
@@ -538,7 +550,15 @@ def explain_photo(predictor: Any, path: str | Path, config: ExplainConfig) -> Ex
     probs = predictor.predict_crops([crop])[0]
     idx = target_index(predictor.task, probs, config.target)
     cam = class_activation_maps(predictor, [crop], [idx], config.method, config.layer)[0]
-    e = Explanation(str(path), predictor.task.labels[idx], float(probs[idx]), crop, cam, face)
+    decision = predictor.task.decide(probs[None])[0]
+    predicted = bool(decision[idx]) if predictor.task.kind == "multilabel" else int(decision) == idx
+    e = Explanation(str(path), predictor.task.labels[idx], float(probs[idx]), crop, cam, face, predicted=predicted)
+    if predicted and cam.max() == 0:
+        # Grad-CAM averages each channel's gradient over the map before weighting it, so
+        # positive and negative evidence can cancel to an all-negative map although the
+        # score is high; HiResCAM's element-wise product does not average them away.
+        log.warning("explain: %s: the %s map for %s (p=%.2f) is empty: the averaged gradients cancel; "
+                    "--method hirescam shows where the evidence lies", path, config.method, e.label, e.prob)
     if face is not None:
         e.original, e.cam_original = rgb, to_original(cam, face, prepare, rgb.shape)
     return e
@@ -553,7 +573,7 @@ def _write_outputs(out: Path, predictor: Any, items: list[Explanation], config: 
         panels = [e.crop, overlay(e.crop, e.cam, config.alpha)]
         if e.cam_original is not None:
             panels.append(_draw_box(overlay(e.original, e.cam_original, config.alpha), e.face))
-        what = f"{config.method}: {e.label} {e.prob:.2f}" if e.cam.max() > 0 else f"no evidence for {e.label}"
+        what = _caption(e, config.method)
         png = png_bytes(image_grid(panels, ["aligned crop", what, "on the photo"],
                                    cols=3, tile=256, caption_lines=1))
         files[f"cam_{i}"] = write_bytes(out / f"{i:03d}_{Path(e.path).stem}_{config.method}.png", png)

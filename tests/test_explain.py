@@ -195,8 +195,21 @@ def test_gradcam_maps_are_non_trivial_and_peak_inside_the_face_box(smiling_vgg: 
     assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1
     smiling = predictor.predict_crops(crops)[:, 0] > predictor.task.thresholds[0]
     assert smiling.sum() >= 20
-    for cam in cams[smiling]:  # a face the model calls smiling has evidence for it, with a shape
+    # Grad-CAM averages each channel's gradient over the map before weighting, so evidence can
+    # cancel to an empty map on a face the model does call smiling (1 of 106 on the CI machine).
+    # That must stay rare, HiResCAM must then show the evidence, and the caption must say so.
+    empty = cams[smiling].max(axis=(1, 2)) == 0
+    assert empty.mean() <= 0.05, f"{empty.sum()} of {smiling.sum()} smiling faces have an empty Grad-CAM map"
+    for cam in cams[smiling][~empty]:  # the others have evidence for smiling, with a shape
         assert cam.max() == pytest.approx(1.0) and cam.std() > 0.05 and 0.002 < (cam > 0.5).mean() < 0.8
+    if empty.any():
+        hires = X.class_activation_maps(predictor, [c for c, e in zip(np.array(crops)[smiling], empty) if e],
+                                        [1] * int(empty.sum()), method="hirescam")
+        assert np.allclose(hires.max(axis=(1, 2)), 1.0)
+    e = X.Explanation("x.jpg", "Smiling", 0.84, crops[0], np.zeros_like(cams[0]), predicted=True)
+    assert X._caption(e, "gradcam") == "gradcam map empty at p=0.84: try hirescam"
+    e.predicted = False
+    assert X._caption(e, "gradcam") == "no evidence for Smiling"
 
     trained = X.pointing_game(predictor, face_photos, "Smiling")
     controls = [X.pointing_game(X.randomized(predictor, seed), face_photos, "Smiling") for seed in range(3)]
