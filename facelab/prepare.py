@@ -38,7 +38,7 @@ from facelab.images import ImageError, read_image
 log = logging.getLogger(__name__)
 
 #: Bump when the pipeline's output changes for the same config (invalidates caches).
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: smaller refinement window, min_face in original pixels
 MULTI_FACE_POLICIES = ("largest", "all", "skip")
 LIGHT_MODES = ("none", "clahe")
 BACKGROUND_MODES = ("keep", "blur", "grey")
