@@ -193,7 +193,7 @@ def write_results(args: argparse.Namespace, results: list[dict], base: dict, nam
            "majority": base, "majority_mean": float(np.mean(list(base.values()))), "results": results,
            "threads": args.threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "command": " ".join(["bench/train.py", *sys.argv[1:]]),
-           "note": "shared 2-core machine with other jobs running: timings are noisy"}
+           "load_average_at_end": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
 
