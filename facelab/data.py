@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -149,6 +150,11 @@ def list_images(root: Path) -> tuple[list[Path], dict[str, int]]:
         if any(part.startswith(".") for part in rel.parts):
             if p.is_file():
                 skipped["hidden file"] += 1
+            continue
+        if p.is_symlink() and not p.exists() and is_image_file(p):
+            # kept, so that prepare reports it per file ("file not found") instead of it vanishing
+            log.warning("%s: broken symbolic link (its target %s is missing)", p, os.readlink(p))
+            images.append(p)
             continue
         if not p.is_file():
             continue

@@ -54,6 +54,7 @@ def folder_source(tmp_path_factory: pytest.TempPathFactory, orl_faces: Path, cel
     (odd / "empty.jpg").write_bytes(b"")
     (odd / "truncated.jpg").write_bytes(data[:2000])
     (odd / "notes.jpg").write_text("not a photo")
+    (odd / "moved.jpg").symlink_to(root / "gone" / "moved.jpg")  # a broken link: reported, not lost
     _bomb_png(odd / "bomb.png", 40000, 40000)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(100, 140, (200, 200, 3), dtype=np.uint8)).save(odd / "noface.png")
@@ -128,18 +129,19 @@ def test_folder_tree_with_bad_files(folder_run, folder_source: Path) -> None:  #
     report, out, _ = folder_run
     rows = {k.split("/")[-1] if k.startswith("s3") else k: v
             for k, v in _read_report(report.csv_path, folder_source).items()}
-    assert len(rows) == len(report.results) == 10 + 10
-    for name in ("empty.jpg", "truncated.jpg", "notes.jpg", "bomb.png"):
+    assert len(rows) == len(report.results) == 10 + 11
+    for name in ("empty.jpg", "truncated.jpg", "notes.jpg", "bomb.png", "moved.jpg"):
         assert rows[name]["status"] == "unreadable" and rows[name]["reason"], name
     assert "empty file" in rows["empty.jpg"]["reason"]
     assert "truncated" in rows["truncated.jpg"]["reason"]
     assert "not an image" in rows["notes.jpg"]["reason"]
+    assert rows["moved.jpg"]["status"] == "unreadable" and rows["moved.jpg"]["reason"] == "file not found"
     assert "too large" in rows["bomb.png"]["reason"]
     assert rows["noface.png"]["status"] == "no_face" and rows["noface.png"]["reason"] == "no face found"
     assert rows["two.jpg"]["status"] == "kept" and rows["two.jpg"]["faces"] == "2"
     for name in ("cmyk.jpg", "deep16.png", "palette.png", "alpha.png", "s1/1.pgm", "s2/5.pgm"):
         assert rows[name]["status"] == "kept", (name, rows[name])
-    assert report.counts["unreadable"] == 4 and report.counts["no_face"] == 1
+    assert report.counts["unreadable"] == 5 and report.counts["no_face"] == 1
     assert report.counts["kept"] == 10 + 5 and report.counts["kept_from_several"] == 1
     assert "several faces 0 skipped / 1 kept" in report.summary()
     # same folder tree, crops as .jpg, loadable as a data source with the same classes
@@ -157,7 +159,7 @@ def test_rerun_is_served_from_cache_and_keeps_outputs(folder_run, folder_source:
     report, out, cache = folder_run
     before = {p: p.read_bytes() for p in out.rglob("*.jpg")}
     again = prepare(folder_source, out, PrepareConfig(size=128), workers=2, cache_dir=cache, progress=False)
-    assert again.counts["cached"] == len(report.results)
+    assert again.counts["cached"] == len(report.results) - 1  # all but the broken link (no bytes to hash)
     assert {p: p.read_bytes() for p in out.rglob("*.jpg")} == before
     assert [r.status for r in again.results] == [r.status for r in report.results]
 
@@ -243,7 +245,7 @@ def test_multi_face_policies(tmp_path: Path, celeba_mini: Path, policy: str, sta
 def test_prepare_table_drops_rows_without_a_face(tmp_path: Path, folder_source: Path) -> None:
     table = load_source(folder_source)
     prepared = prepare_table(table, {"size": 96}, cache_dir=tmp_path, progress=False)
-    assert len(prepared) == 15 and len(table) == 20
+    assert len(prepared) == 15 and len(table) == 21
     assert all(Path(p).is_file() and str(p).startswith(str(tmp_path)) for p in prepared.paths)
     assert prepared.label_names == table.label_names
     assert list(prepared.labels) == [0] * 5 + [1] * 5 + [2] * 5
