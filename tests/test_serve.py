@@ -235,3 +235,44 @@ def test_two_worker_processes_answer_concurrent_requests(binary_run: Path, photo
         assert r.status_code == 200, r.text
         expected = predict_rgb(predictor, read_image(photo))
         assert len(r.json()["faces"]) == len(expected) >= 1
+
+
+def test_over_the_request_limit_answers_json_503_busy(binary_run: Path, photos: list[Path],
+                                                      tmp_path: Path) -> None:
+    """--max-connections 1 and a batch wait of 3 s keep the first request in flight while
+    five more arrive: each of those gets a JSON 503 'busy' with Retry-After at once (not
+    uvicorn's plain-text 503), /healthz still answers, and once the first is done the
+    server takes requests again."""
+    with running_server([binary_run], tmp_path, "--max-connections", "1", "--max-wait-ms", "3000") as url:
+
+        async def first_and_five_more() -> tuple[httpx.Response, list[httpx.Response], int, int | None]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                post = lambda: client.post(f"{url}/api/predict",  # noqa: E731
+                                           files={"image": ("a.jpg", photos[0].read_bytes(), "image/jpeg")})
+                first = asyncio.create_task(post())
+                await asyncio.sleep(0.5)  # the first is now waiting for its batch to fill
+                health = (await client.get(f"{url}/healthz")).status_code
+                more = await asyncio.gather(*(post() for _ in range(5)))
+                stream_close = await asyncio.to_thread(stream_close_code)
+                return await first, more, health, stream_close
+
+        def stream_close_code() -> int | None:
+            import websockets.sync.client as ws_client
+            from websockets.exceptions import ConnectionClosed
+
+            with ws_client.connect(url.replace("http://", "ws://") + "/api/stream") as ws:
+                try:
+                    ws.recv(timeout=30)
+                except ConnectionClosed as exc:
+                    return exc.rcvd.code if exc.rcvd else None
+            return None
+
+        first, more, health, stream_close = asyncio.run(first_and_five_more())
+        assert first.status_code == 200 and first.json()["faces"], first.text
+        assert health == 200
+        assert stream_close == 1013  # a live-video stream is refused too, with "try again later"
+        for r in more:
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"] == "application/json" and r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "busy" and "--max-connections" in r.json()["error"]["message"]
+        assert _post(url, photos[1].read_bytes(), key=None).status_code == 200

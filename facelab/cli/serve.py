@@ -30,7 +30,8 @@ def serve_cmd(
     model_threads: int = typer.Option(1, help="Threads per ONNX Runtime model call (0 = one per core)."),
     all_faces: bool = typer.Option(False, "--all-faces",
                                    help="Every face of an image, even when the run keeps only the largest."),
-    max_connections: int = typer.Option(256, help="Concurrent connections before answering 503."),
+    max_connections: int = typer.Option(256, help="Requests handled at once; one more gets a JSON 503 "
+                                                   "'busy' with Retry-After (/healthz is always answered)."),
     omp_threads: int = typer.Option(1, help="OpenMP threads per operation (the server's parallelism comes "
                                            "from concurrent requests; more threads fight over the cores)."),
     workers: int = typer.Option(1, help="Server processes (each loads the models; detection holds the GIL, "
@@ -50,10 +51,10 @@ def serve_cmd(
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_pixels=int(max_megapixels * 1e6), request_timeout=timeout,
                          cors_origins=tuple(cors_origin), max_batch=max_batch, max_wait_ms=max_wait_ms,
-                         threads=threads, model_threads=model_threads, all_faces=all_faces)
+                         threads=threads, model_threads=model_threads, all_faces=all_faces,
+                         max_in_flight=max_connections)
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     typer.echo(f"facelab serve: http://{host}:{port}/  (API docs: /docs"
                f"{', API key required' if config.api_key else ''})")
-    serve(config, host=host, port=port, log_level=log_level, max_connections=max_connections,
-          access_log=access_log, workers=workers)
+    serve(config, host=host, port=port, log_level=log_level, access_log=access_log, workers=workers)

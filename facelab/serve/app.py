@@ -67,6 +67,10 @@ class ServeConfig:
     """Every face of an image, even when the run's ``multi_face`` policy keeps the largest."""
     max_faces: int = 32
     """At most this many faces per image are classified (largest first)."""
+    max_in_flight: int = 256
+    """Requests (HTTP and WebSocket streams) handled at once; one more gets a JSON 503
+    ``busy`` with ``Retry-After`` (a stream is closed with code 1013, "try again later").
+    ``/healthz`` is never refused, so a monitor can tell busy from dead."""
 
     def __post_init__(self) -> None:
         from facelab.predict import BACKENDS
@@ -75,7 +79,7 @@ class ServeConfig:
             raise ValueError("serve needs at least one run folder")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
-        for name in ("max_upload_bytes", "max_pixels", "max_batch", "max_faces"):
+        for name in ("max_upload_bytes", "max_pixels", "max_batch", "max_faces", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout <= 0:
@@ -341,6 +345,42 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str, byte
 
 # --------------------------------------------------------------------------- the app
 
+class _InFlightLimit:
+    """ASGI middleware: at most ``limit`` requests at once, the next answered at once with
+    a JSON 503 (uvicorn's own ``limit_concurrency`` answers plain text and counts idle
+    keep-alive connections too, so it is left as a looser last guard; see :func:`serve`)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket") or scope.get("path") == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        self.active += 1  # one event loop: no lock needed between the check and this
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+    async def _refuse(self, scope: dict, receive: Callable, send: Callable) -> None:
+        log.warning("busy: %d requests in flight (--max-connections); refused %s", self.active, scope.get("path"))
+        if scope["type"] == "websocket":  # accept, then close: a close code reaches the client
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1013, "reason": "server busy, try again later"})
+            return
+        body = json.dumps(ApiError(503, "busy", f"the server is handling {self.limit} requests already "
+                                                "(its --max-connections); retry in a second").body()).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(config: ServeConfig) -> Any:
     """The FastAPI application (models load in its lifespan)."""
     from fastapi import FastAPI
@@ -390,6 +430,7 @@ def create_app(config: ServeConfig) -> Any:
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Content-Type"])
+    app.add_middleware(_InFlightLimit, limit=config.max_in_flight)  # outermost: refuses before any work
     return app
 
 
@@ -505,9 +546,13 @@ def check_key(config: ServeConfig, given: str | None) -> None:
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          max_connections: int = 256, access_log: bool = False, workers: int = 1) -> None:
+          access_log: bool = False, workers: int = 1) -> None:
     """Run the app with uvicorn until interrupted (one line per request only with
     ``access_log``: at a hundred requests a second the log costs CPU and says little).
+
+    ``config.max_in_flight`` limits requests in the app (JSON 503); uvicorn's own limit,
+    which also counts idle keep-alive connections and answers in plain text, is set well
+    above it (2x + 16) so that it only guards against a flood of idle connections.
 
     ``workers`` > 1 starts that many server processes on the same port, each loading the
     models in its own lifespan: face detection holds Python's GIL, so one process keeps
@@ -516,7 +561,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
         raise ValueError(f"workers must be >= 1, got {workers}")
     uvicorn = _require_uvicorn()
     options = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=10,
-                   limit_concurrency=max_connections, ws_max_size=config.max_upload_bytes + 4096,
+                   limit_concurrency=2 * config.max_in_flight + 16, ws_max_size=config.max_upload_bytes + 4096,
                    access_log=access_log)
     if workers == 1:
         uvicorn.run(create_app(config), **options)
