@@ -373,12 +373,11 @@ class _InFlightLimit:
             await send({"type": "websocket.accept"})
             await send({"type": "websocket.close", "code": 1013, "reason": "server busy, try again later"})
             return
-        body = json.dumps(ApiError(503, "busy", f"the server is handling {self.limit} requests already "
-                                                "(its --max-connections); retry in a second").body()).encode()
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        from fastapi.responses import JSONResponse
+
+        error = ApiError(503, "busy", f"the server is handling {self.limit} requests already "
+                                      "(its --max-connections); retry in a second")
+        await JSONResponse(error.body(), status_code=error.status, headers={"Retry-After": "1"})(scope, receive, send)
 
 
 def create_app(config: ServeConfig) -> Any:
