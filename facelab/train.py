@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "lenet5"
 SCHEDULES = ("onecycle", "cosine")
 IMBALANCE_MODES = ("auto", "none", "weighted", "oversample")
-MONITORS = ("valid_loss", "accuracy")
+MONITORS = ("balanced_accuracy", "valid_loss", "accuracy")
+#: Held out for validation when the source has no official partition.
+DEFAULT_VALID_FRACTION = 0.2
 FACE_EMBED = "face-embed"
 
 
@@ -88,15 +90,24 @@ class TrainConfig:
     """``auto`` (weighted loss where the imbalance is large), ``none``, ``weighted`` or ``oversample``."""
     imbalance_ratio: float = 10.0
     """With ``auto``: majority/minority count ratio from which a label counts as imbalanced."""
-    valid_fraction: float = 0.2
-    """Share held out for validation when the source has no official partition."""
+    valid_fraction: float | None = None
+    """Share held out for validation; None = 0.2. Refused when the source has an official
+    partition (which is used as it is)."""
     seed: int = 0
     """Seeds splits, initialisation, shuffling and augmentation."""
+    split_seed: int | None = None
+    """Seeds only the train/valid split; None = ``seed``. Ensemble members share one, so
+    every member holds out the same photos."""
+    group_people: bool = True
+    """Without identity labels (and without an official partition), group photos of the same
+    person by face embedding and split by group, so validation shows new people."""
     patience: int | None = None
     """Early stopping: stop after this many epochs without improvement; None = never."""
-    monitor: str = "accuracy"
-    """What picks the best checkpoint (and early stopping): ``accuracy`` (at the bundle's
-    thresholds) or ``valid_loss`` (which a class-weighted loss distorts)."""
+    monitor: str = "balanced_accuracy"
+    """What picks the best checkpoint (and early stopping): ``balanced_accuracy`` (mean over
+    labels, at the bundle's thresholds; a constant answer scores 0.5), ``accuracy`` (which a
+    constant answer scores well on when labels are imbalanced) or ``valid_loss``. Ties go to
+    the epoch with the lower validation loss."""
     device: str = "auto"
     """``auto`` (a GPU when present), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool | None = None
@@ -134,7 +145,8 @@ class TrainConfig:
                   (self.augment in PRESETS, f"augment must be one of {tuple(PRESETS)}"),
                   (self.imbalance in IMBALANCE_MODES, f"imbalance must be one of {IMBALANCE_MODES}"),
                   (self.imbalance_ratio >= 1, "imbalance_ratio must be >= 1"),
-                  (0 < self.valid_fraction < 1, "valid_fraction must be between 0 and 1"),
+                  (self.valid_fraction is None or 0 < self.valid_fraction < 1,
+                   "valid_fraction must be between 0 and 1"),
                   (self.monitor in MONITORS, f"monitor must be one of {MONITORS}"),
                   (self.image_size is None or 16 <= self.image_size <= 1024, "image_size must be 16..1024"),
                   (self.patience is None or self.patience >= 1, "patience must be >= 1"),
@@ -185,6 +197,10 @@ class Data:
     split: str
     """How the validation set was chosen (for the log and the config)."""
     prepare: dict | None
+    groups: dict | None = None
+    """Face-embedding groups per class when the data had no identities (``GroupReport``)."""
+    train_rows: np.ndarray | None = None
+    valid_rows: np.ndarray | None = None
 
 
 def load_table(config: TrainConfig) -> SampleTable:
@@ -227,29 +243,67 @@ def _strata(y: np.ndarray) -> np.ndarray:
     return rarest
 
 
-def split_indices(table: SampleTable, task: Task, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+def official_split(table: SampleTable) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train rows, valid rows) of the source's own partition, or None when it has none."""
+    if not table.has_splits:
+        return None
+    splits = np.array([s or "" for s in table.splits])
+    train, valid = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
+    return (train, valid) if len(train) and len(valid) else None
+
+
+def split_indices(table: SampleTable, task: Task, valid_fraction: float | None,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(train rows, valid rows, how): the official partition when present; else grouped by
-    person when people are known (and are not the classes), else stratified; seeded."""
+    person when people are known (and are not the classes), else stratified; seeded.
+
+    ``valid_fraction`` None means :data:`DEFAULT_VALID_FRACTION`; a fraction given with an
+    official partition is refused rather than silently ignored."""
+    official = official_split(table)
+    if official is not None:
+        if valid_fraction is not None:
+            raise DataError(f"{table.root} has an official train/valid partition, so --valid-fraction "
+                            f"{valid_fraction} would be ignored; drop --valid-fraction to use the "
+                            f"partition, or give a source without one (e.g. a CSV with no split column)")
+        return official[0], official[1], "official partition"
+    fraction = DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction
     rng = np.random.default_rng(seed)
-    if table.has_splits:
-        splits = np.array([s or "" for s in table.splits])
-        train, valid = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
-        if len(train) and len(valid):
-            return train, valid, "official partition"
-    y = targets_from_table(table, task)
+    strata = _strata(targets_from_table(table, task))
     if table.has_identities and not _people_task(table):
         ids = np.array([str(i) for i in table.identities])
-        people = rng.permutation(np.unique(ids))
-        n_valid = max(1, round(len(people) * valid_fraction))
-        valid = np.flatnonzero(np.isin(ids, people[:n_valid]))
-        return np.setdiff1d(np.arange(len(ids)), valid), valid, f"identity-disjoint ({n_valid} people held out)"
-    strata = _strata(y)
+        valid = _group_split(ids, strata, fraction, rng)
+        n_people = len(np.unique(ids[valid]))
+        return np.setdiff1d(np.arange(len(ids)), valid), valid, f"identity-disjoint ({n_people} people held out)"
     valid_parts = []
     for s in np.unique(strata):
         rows = rng.permutation(np.flatnonzero(strata == s))
-        valid_parts.append(rows[:int(round(len(rows) * valid_fraction))])
+        valid_parts.append(rows[:int(round(len(rows) * fraction))])
     valid = np.sort(np.concatenate(valid_parts))
-    return np.setdiff1d(np.arange(len(y)), valid), valid, "stratified"
+    return np.setdiff1d(np.arange(len(strata)), valid), valid, "stratified"
+
+
+def _group_split(ids: np.ndarray, strata: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Valid rows: whole people, drawn per stratum (a person belongs to the stratum most of
+    their photos are in) until each stratum has about ``fraction`` of its photos held out;
+    a stratum's last person always stays in training."""
+    people, person = np.unique(ids, return_inverse=True)
+    levels, stratum = np.unique(strata, return_inverse=True)
+    counts = np.zeros((len(people), len(levels)), np.int64)
+    np.add.at(counts, (person, stratum), 1)
+    home = counts.argmax(axis=1)
+    size = counts.sum(axis=1)
+    held: list[int] = []
+    for level in range(len(levels)):
+        mine = rng.permutation(np.flatnonzero(home == level))
+        target, taken = fraction * counts[:, level].sum(), 0
+        for p in mine[:-1]:
+            if taken >= target or (taken and taken + size[p] > 1.5 * target):
+                break
+            held.append(int(p))
+            taken += int(size[p])
+    if not held:  # every stratum has one person only: hold out one person at random
+        held = [int(rng.integers(len(people)))]
+    return np.flatnonzero(np.isin(person, held))
 
 
 def load_crops(paths: Sequence[Path], size: int, progress: bool) -> np.ndarray:
@@ -267,7 +321,9 @@ def load_crops(paths: Sequence[Path], size: int, progress: bool) -> np.ndarray:
 def load_data(config: TrainConfig, size: int) -> Data:
     table, prep = prepared_table(load_table(config), config)
     task = infer_task(table, config.task)
-    train, valid, how = split_indices(table, task, config.valid_fraction, config.seed)
+    table, groups = group_people(table, task, prep, config)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    train, valid, how = split_indices(table, task, config.valid_fraction, split_seed)
     if len(train) < 2 or len(valid) < 1:
         raise DataError(f"{table.root}: too few photos to train ({len(train)} train, {len(valid)} valid)")
     y = torch.from_numpy(targets_from_table(table, task))
@@ -276,7 +332,32 @@ def load_data(config: TrainConfig, size: int) -> Data:
     rows = np.concatenate([train, valid])  # the test partition is never read here
     x = torch.from_numpy(load_crops([table.paths[i] for i in rows], size, config.progress))
     t, v = torch.from_numpy(train), torch.from_numpy(valid)
-    return Data(table, task, x[:len(train)], y[t], x[len(train):], y[v], how, prep)
+    return Data(table, task, x[:len(train)], y[t], x[len(train):], y[v], how, prep, groups, train, valid)
+
+
+def group_people(table: SampleTable, task: Task, prep: dict | None,
+                 config: TrainConfig) -> tuple[SampleTable, dict | None]:
+    """Without identity labels or an official partition: face-embedding groups stand in for
+    people (``facelab.groups``), so the split holds out whole people. Logs how many people
+    each class has and warns where validation cannot be honest. Returns the table (with
+    group ids as identities, unless the classes themselves are people) and the report."""
+    if not config.group_people or table.has_identities or official_split(table) is not None:
+        return table, None
+    from facelab.groups import describe_groups, embedding_groups
+
+    log.info("%s has no identity labels: grouping photos of the same person by face embedding", table.root)
+    groups = embedding_groups(table.paths, prep, progress=config.progress)
+    names = list(task.labels) if table.kind == "classes" else list(table.label_names)
+    report = describe_groups(groups, targets_from_table(table, task), names)
+    log.info("people (face groups) per class: %s", ", ".join(f"{k} {v}" for k, v in report.people_per_class.items()))
+    for warning in report.warnings:
+        log.warning("%s", warning)
+    if report.classes_are_people:
+        log.info("each class looks like one person: to tell people apart, `facelab train %s --model "
+                 "face-embed` learns from a few photos each and says 'unknown' for strangers "
+                 "(docs/people.md)", table.root)
+        return table, report.to_dict()
+    return table.with_identities([f"group{g}" for g in groups]), report.to_dict()
 
 
 # --------------------------------------------------------------------------- imbalance
@@ -320,7 +401,11 @@ def class_balance(y: torch.Tensor, task: Task, mode: str, ratio: float) -> Balan
 
 
 def init_head_bias(model: nn.Module, y: torch.Tensor, task: Task, balance: Balance) -> None:
-    """Start the output layer at the training labels' priors (log-odds / log-frequency).
+    """Start the output layer at the training labels' priors (log-odds / log-frequency),
+    with small weights (std 0.01) so the first logits ARE the priors.
+
+    timm initialises a one-logit head uniformly in +-1 (std ~0.57): on a two-class task the
+    first loss was 4-8 instead of ~0.69 and short runs never recovered.
 
     With a zero bias every attribute starts at p = 0.5, and on 660 photos the first
     epochs are spent learning the base rates (CelebA's all-majority baseline is ~80%):
@@ -333,6 +418,7 @@ def init_head_bias(model: nn.Module, y: torch.Tensor, task: Task, balance: Balan
         return
     bias = linears[-1].bias
     with torch.no_grad():
+        nn.init.normal_(linears[-1].weight, std=0.01)
         if task.kind == "multiclass":
             counts = torch.bincount(y.long(), minlength=len(task.labels)).float() + 1
             bias.copy_(torch.log(counts / counts.sum()))
@@ -496,9 +582,17 @@ def evaluate_epoch(model: nn.Module, data: Data, loss_fn: nn.Module, rt: Runtime
     y = data.valid_y.numpy()
     if data.task.kind == "multilabel":
         per = (decided == y).mean(axis=0)
-        return {"valid_loss": loss, "accuracy": float(per.mean()),
+        balanced = [_balanced(y[:, j], decided[:, j]) for j in range(y.shape[1])]
+        return {"valid_loss": loss, "accuracy": float(per.mean()), "balanced_accuracy": float(np.mean(balanced)),
                 "per_label": {n: float(a) for n, a in zip(data.task.labels, per)}}
-    return {"valid_loss": loss, "accuracy": float((decided == y).mean())}
+    return {"valid_loss": loss, "accuracy": float((decided == y).mean()), "balanced_accuracy": _balanced(y, decided)}
+
+
+def _balanced(y: np.ndarray, decided: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y`` (a constant answer scores 1 / #classes
+    present; one class present: plain accuracy)."""
+    classes = np.unique(y)
+    return float(np.mean([(decided[y == c] == c).mean() for c in classes])) if len(classes) else float("nan")
 
 
 # --------------------------------------------------------------------------- phases, optimiser
@@ -542,17 +636,33 @@ def make_optimizer(model: nn.Module, phase: Phase, config: TrainConfig, steps: i
         groups = [{"params": body + head, "lr": lr}]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
     total = max(1, steps * phase.epochs)
-    if config.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total,
-                                                    pct_start=0.25)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    shape = one_cycle if config.schedule == "onecycle" else cosine
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: shape(step, total))
     return opt, sched
+
+
+def one_cycle(step: int, total: int, warmup: float = 0.25, start: float = 1 / 25, end: float = 1e-4) -> float:
+    """The one-cycle factor on the peak rate at ``step`` of ``total``: cosine warm-up from
+    ``start`` over the first ``warmup`` share, then cosine annealing to ``end``.
+
+    Written out rather than torch's OneCycleLR, which divides by zero when the warm-up
+    rounds to one step (a 4-step phase: a two-person folder's first run crashed)."""
+    rise = int(round(total * warmup)) if total > 2 else 0
+    if step < rise:
+        return start + (1 - start) * (1 - math.cos(math.pi * step / rise)) / 2
+    return cosine(step - rise, total - rise, end)
+
+
+def cosine(step: int, total: int, end: float = 1e-4) -> float:
+    """Cosine annealing from 1 to ``end`` over ``total`` steps (any total >= 1)."""
+    frac = min(step / max(total - 1, 1), 1.0)
+    return end + (1 - end) * (1 + math.cos(math.pi * frac)) / 2
 
 
 # --------------------------------------------------------------------------- run folder
 
-METRIC_COLUMNS = ("epoch", "phase", "train_loss", "valid_loss", "accuracy", "lr", "images_per_second", "time")
+METRIC_COLUMNS = ("epoch", "phase", "train_loss", "valid_loss", "accuracy", "balanced_accuracy", "lr",
+                  "images_per_second", "time")
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
@@ -570,7 +680,7 @@ class EpochTable:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.widths = (5, 6, 10, 10, 8, 7)
+        self.widths = (5, 6, 10, 10, 8, 8, 7)
 
     def _emit(self, cells: Sequence[str]) -> None:
         line = "  ".join(c.rjust(w) for c, w in zip(cells, self.widths))
@@ -582,12 +692,12 @@ class EpochTable:
             log.info(line)
 
     def header(self) -> None:
-        self._emit(("epoch", "phase", "train_loss", "valid_loss", "accuracy", "time"))
+        self._emit(("epoch", "phase", "train_loss", "valid_loss", "accuracy", "balanced", "time"))
 
     def row(self, r: dict) -> None:
         secs = int(r["time"])
         self._emit((str(r["epoch"]), r["phase"], f"{r['train_loss']:.4f}", f"{r['valid_loss']:.4f}",
-                    f"{r['accuracy']:.4f}", f"{secs // 60:02d}:{secs % 60:02d}"))
+                    f"{r['accuracy']:.4f}", f"{r['balanced_accuracy']:.4f}", f"{secs // 60:02d}:{secs % 60:02d}"))
 
 
 def _tb_writer(run_dir: Path, enabled: bool) -> Any:
@@ -605,10 +715,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _improved(value: float, best: float | None, monitor: str) -> bool:
-    if best is None:
+def _improved(row: dict, state: "State", monitor: str) -> bool:
+    """Better than the best epoch so far. A tie goes to the lower validation loss (else to
+    the later epoch): an untrained epoch 1 that happens to score the majority's accuracy
+    must not stay "best" while the loss keeps falling."""
+    value, best = row[monitor], state.best
+    if best is None or not math.isfinite(best):
         return True
-    return value < best if monitor == "valid_loss" else value > best
+    if monitor == "valid_loss":
+        return value <= best
+    if abs(value - best) > 1e-9:
+        return value > best
+    return state.best_loss is None or row["valid_loss"] <= state.best_loss
 
 
 @dataclass
@@ -619,6 +737,8 @@ class State:
     """Epochs completed."""
     best: float | None = None
     best_epoch: int = -1
+    best_loss: float | None = None
+    """Validation loss of the best epoch (breaks ties of the monitored measure)."""
     history: list[dict] = field(default_factory=list)
     bad_epochs: int = 0
 
@@ -671,11 +791,16 @@ def train(data: str | Path | TrainConfig, **options: Any) -> Path:
 
 
 def train_ensemble(config: TrainConfig) -> Path:
-    """K members with seeds seed+i in ``NAME/m{i}``, listed in ``NAME/ensemble.json``."""
+    """K members with seeds seed+i in ``NAME/m{i}``, listed in ``NAME/ensemble.json``.
+
+    Every member holds out the SAME validation photos (one ``split_seed``): members that
+    split at random each would leave no photo that no member trained on."""
     root = config.run_dir
     members = []
+    split_seed = config.seed if config.split_seed is None else config.split_seed
     for i in range(config.ensemble):
-        member = replace(config, ensemble=1, seed=config.seed + i, out=str(root), name=f"m{i}")
+        member = replace(config, ensemble=1, seed=config.seed + i, split_seed=split_seed, out=str(root),
+                         name=f"m{i}")
         log.info("ensemble member %d/%d (seed %d)", i + 1, config.ensemble, member.seed)
         _train_single(member)
         members.append(f"m{i}")
@@ -713,8 +838,10 @@ def _train_single(config: TrainConfig) -> Path:
         write_json(run_dir / "config.json", {**config.to_dict(), "resolved": {
             "image_size": size, "batch_size": batch_size, "lr": base_lr(config), "split": data.split,
             "task": data.task.to_dict(), "imbalance": balance.report, "device": str(rt.device),
-            "world_size": rt.world, "amp": str(rt.amp_dtype) if rt.amp_dtype else None}})
+            "world_size": rt.world, "amp": str(rt.amp_dtype) if rt.amp_dtype else None,
+            "people": data.groups}})
         write_json(run_dir / "labels.json", list(data.task.labels))
+        write_split(run_dir, data)
     state = State(**ckpt["state"]) if ckpt is not None else State()
     run_epochs(config, net, model, data, loss_fn, balance, rt, batch_size, state, ckpt, run_dir)
     _check_ranks_agree(model, rt, run_dir)
@@ -722,6 +849,16 @@ def _train_single(config: TrainConfig) -> Path:
         _write_bundle(config, model, data, size, spec, state, run_dir)
     _barrier(rt)
     return run_dir
+
+
+def write_split(run_dir: Path, data: Data) -> None:
+    """``split.json``: which photos trained and which validated, so evaluate (and an
+    ensemble's members) never score a photo the model learned from."""
+    def rows(idx: np.ndarray | None) -> list[str]:
+        return [str(data.table.paths[i]) for i in (idx if idx is not None else [])]
+
+    write_json(run_dir / "split.json", {"how": data.split, "train": rows(data.train_rows),
+                                        "valid": rows(data.valid_rows)})
 
 
 def _wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
@@ -810,14 +947,16 @@ def run_epochs(config: TrainConfig, net: nn.Module, model: nn.Module, data: Data
         metrics = evaluate_epoch(model, data, loss_fn, rt)
         row = {"epoch": epoch + 1, "phase": phase.name, "train_loss": _all_mean(train_loss, rt),
                "valid_loss": metrics["valid_loss"], "accuracy": metrics["accuracy"],
+               "balanced_accuracy": metrics["balanced_accuracy"],
                "lr": max(gr["lr"] for gr in opt.param_groups),
                "images_per_second": seen * rt.world / max(train_secs, 1e-9), "time": time.perf_counter() - t0,
                **{f"acc_{k}": v for k, v in metrics.get("per_label", {}).items()}}
         state.history.append(row)
         state.epoch = epoch + 1
-        better = _improved(row[config.monitor], state.best, config.monitor)
+        better = _improved(row, state, config.monitor)
         if better:
             state.best, state.best_epoch, state.bad_epochs = row[config.monitor], epoch + 1, 0
+            state.best_loss = row["valid_loss"]
         else:
             state.bad_epochs += 1
         if rt.main:

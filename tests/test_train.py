@@ -173,14 +173,16 @@ def test_bad_requests_are_specific(orl_faces: Path, celeba_mini: Path, celeba_ru
 def test_splits_official_identity_disjoint_or_stratified(celeba_mini: Path, orl_faces: Path) -> None:
     from dataclasses import replace
 
-    from facelab.data import load_source
+    from facelab.data import DataError, load_source
     from facelab.tasks import infer_task
     from facelab.train import split_indices
 
     celeba = load_source(celeba_mini).select_attributes(["Smiling", "Eyeglasses"])
     task = infer_task(celeba)
-    train, valid, how = split_indices(celeba, task, 0.2, 0)
+    train, valid, how = split_indices(celeba, task, None, 0)
     assert how == "official partition" and (len(train), len(valid)) == (660, 120)
+    with pytest.raises(DataError, match="official train/valid partition.*valid-fraction"):
+        split_indices(celeba, task, 0.2, 0)  # refused, not silently ignored
     # no partition but known people: nobody is on both sides
     unsplit = replace(celeba, splits=[None] * len(celeba))
     train, valid, how = split_indices(unsplit, task, 0.2, 0)
