@@ -64,6 +64,8 @@ class SampleTable:
         prepared: the preparation manifest when the folder was written by
             ``facelab prepare`` (its face-preparation config), else None.
         skipped: reason -> count of files passed over while listing (hidden, not an image).
+        sources: the original photo of each row when ``paths`` are face crops made from it
+            (set by ``prepare_table``), else None: reports name the photo, not the crop.
     """
 
     paths: list[Path]
@@ -76,6 +78,7 @@ class SampleTable:
     source: str
     prepared: dict | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    sources: list[Path] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -86,6 +89,15 @@ class SampleTable:
         bad = {s for s in self.splits if s is not None and s not in SPLITS}
         if bad:
             raise ValueError(f"unknown split(s) {sorted(bad)}; valid: {SPLITS}")
+        if self.sources is not None and len(self.sources) != n:
+            raise ValueError("sources must have one entry per row")
+
+    def source_of(self, i: int) -> Path:
+        """The photo row ``i`` came from (the crop itself where no source is known)."""
+        return self.sources[i] if self.sources is not None else self.paths[i]
+
+    def with_identities(self, identities: Sequence[str | None]) -> "SampleTable":
+        return replace(self, identities=list(identities))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -109,6 +121,7 @@ class SampleTable:
             labels=self.labels[idx],
             identities=[self.identities[i] for i in idx],
             splits=[self.splits[i] for i in idx],
+            sources=None if self.sources is None else [self.sources[i] for i in idx],
         )
 
     def split(self, name: str) -> "SampleTable":

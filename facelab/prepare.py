@@ -621,6 +621,7 @@ def prepare_table(table: SampleTable, config: PrepareConfig | dict | None = None
         log.warning("prepare_table: dropped %d of %d photos without a usable face (%s)", len(dropped),
                     len(results), ", ".join(f"{k}: {v}" for k, v in counts.items()))
     out = table.subset(keep)
+    out.sources = [Path(table.source_of(i)) for i in keep]
     out.paths = [Path(results[i].crops[0]) for i in keep]
     out.prepared = {"config": config.to_dict(), "source": str(table.root), "cache": True}
     return out

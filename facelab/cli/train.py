@@ -58,10 +58,15 @@ def train_cmd(
     augment: str = typer.Option("fastai", help="Augmentation preset: none, light, fastai, strong."),
     augment_option: list[str] = typer.Option([], "--augment-option", "-A", help="Preset override KEY=VALUE."),
     imbalance: str = typer.Option("auto", help="auto, none, weighted or oversample."),
-    valid_fraction: float = typer.Option(0.2, help="Validation share when the data has no official split."),
+    valid_fraction: Optional[float] = typer.Option(None, help="Validation share when the data has no official "
+                                                   "split [0.2]; refused when it has one."),
+    group_people: bool = typer.Option(True, "--group-people/--no-group-people",
+                                      help="Without identity labels, split by face-embedding groups (new people "
+                                           "in validation)."),
     seed: int = typer.Option(0, help="Random seed (splits, init, shuffling, augmentation)."),
     patience: Optional[int] = typer.Option(None, help="Early stopping after N epochs without improvement."),
-    monitor: str = typer.Option("accuracy", help="accuracy or valid_loss picks the best checkpoint."),
+    monitor: str = typer.Option("balanced_accuracy", help="balanced_accuracy, accuracy or valid_loss picks the "
+                                "best checkpoint (ties: lower valid_loss)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
                                               help="ImageNet weights [yes for transfer models]."),
     weights: Optional[Path] = typer.Option(None, help="Local backbone weights file."),
@@ -83,7 +88,7 @@ def train_cmd(
     run = train(str(data), model=model or DEFAULT_MODEL, name=name, out=out, task=task, attrs=_attrs(attrs),
                 epochs=epochs, freeze_epochs=freeze_epochs, batch_size=batch_size, lr=lr, image_size=size,
                 schedule=schedule, augment=augment, augment_options=_options(augment_option, "--augment-option"),
-                imbalance=imbalance, valid_fraction=valid_fraction, seed=seed, patience=patience, monitor=monitor,
+                imbalance=imbalance, valid_fraction=valid_fraction, group_people=group_people, seed=seed, patience=patience, monitor=monitor,
                 pretrained=pretrained, weights=str(weights) if weights else None, download_weights=download_weights,
                 device=device, threads=threads, max_batches=max_batches, ensemble=ensemble,
                 prepare=_prepare(detector, prepare_option), cache_dir=cache_dir, resume=resume,
