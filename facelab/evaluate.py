@@ -30,11 +30,11 @@ import numpy as np
 from facelab import metrics as M
 from facelab._io import read_json, write_bytes, write_json, write_text
 from facelab.data import SPLITS, DataError, SampleTable
+from facelab.ensemble import ENSEMBLE_FILE, is_ensemble, read_members
 from facelab.tasks import Task
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE_FILE = "ensemble.json"
 DEFAULT_SUBGROUPS = ("Male", "Young")
 #: CelebA attributes whose labels are opinions of the annotators, not facts about the photo.
 SUBJECTIVE_ATTRIBUTES = ("Attractive", "Young", "Chubby", "Big_Nose", "Big_Lips", "Pointy_Nose",
@@ -50,8 +50,10 @@ class EvaluateConfig:
     """Split to report on when the source has splits; None = every photo."""
     tune_split: str | None = "valid"
     """Split on which decision thresholds are tuned (binary / multilabel); None = no tuning."""
-    tune_metric: str = "accuracy"
-    """What the tuned thresholds maximise: balanced_accuracy, accuracy or f1."""
+    tune_metric: str = "balanced_accuracy"
+    """What the tuned thresholds maximise: balanced_accuracy (the default: tuning for accuracy
+    on a small, imbalanced validation set pushes a threshold towards the majority answer),
+    accuracy or f1."""
     save_thresholds: bool = True
     """Write the tuned thresholds into the run's bundle.json (task.thresholds)."""
     subgroups: tuple[str, ...] | None = None
@@ -91,8 +93,12 @@ class EvalResult:
     def summary(self) -> str:
         m = self.metrics
         base = m.get("baseline", {})
-        return (f"{m['n']} photos: accuracy {m['accuracy']:.3f} (majority baseline {base.get('accuracy', float('nan')):.3f}), "
-                f"balanced accuracy {m['balanced_accuracy']:.3f}, AUC {_fmt(m['auc'])}, ECE {m['ece']:.3f}")
+        lines = [f"{m['n']} photos: balanced accuracy {m['balanced_accuracy']:.3f} (a constant answer: "
+                 f"{base.get('balanced_accuracy', float('nan')):.3f}), ROC-AUC {_fmt(m['auc'])}, accuracy "
+                 f"{m['accuracy']:.3f} (best constant answer {base.get('accuracy', float('nan')):.3f}), "
+                 f"ECE {m['ece']:.3f}"]
+        lines += [f"  WEAK {name}: {why}" for name, why in m.get("weak_labels", {}).items()]
+        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- runs
@@ -112,13 +118,8 @@ def resolve_members(runs: str | Path | Sequence[str | Path]) -> tuple[list[Path]
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such run folder; pass a folder written by `facelab train` "
                                     f"(it holds config.json and bundle/bundle.json)")
-        if (p / ENSEMBLE_FILE).is_file():
-            spec = read_json(p / ENSEMBLE_FILE)
-            names = spec.get("members") or []
-            if not names:
-                raise ValueError(f"{p / ENSEMBLE_FILE}: no 'members' listed")
-            members += [m if m.is_absolute() else (p / m if (p / m).exists() else Path(m))
-                        for m in map(Path, names)]
+        if is_ensemble(p):
+            members += read_members(p)[0]
             ensemble_dir = ensemble_dir or p
         else:
             members.append(p)
@@ -255,6 +256,9 @@ def evaluate(run: str | Path | Sequence[str | Path], data: str | Path, out: str 
     metrics["thresholds"] = thresholds
     metrics["source"] = _context(members, predictors[0].bundle, data, n_source, table, eval_table, config)
     metrics["subgroups"] = _subgroups(eval_table, tuned_task, probs, y, config)
+    metrics["weak_labels"] = M.weak_labels(metrics)
+    for name, why in metrics["weak_labels"].items():
+        log.warning("%s: %s", name, why)
     if len(members) > 1:
         metrics["ensemble"] = _ensemble_stats(tuned_task, member_probs, y, members)
     files = write_outputs(out, tuned_task, metrics, eval_table, member_probs, y, config)
@@ -280,10 +284,19 @@ def _held_out_rows(table: SampleTable, task: Task, run: Path, data: str | Path) 
     cfg = read_json(cfg_path)
     if not cfg.get("data") or Path(cfg["data"]).expanduser().resolve() != Path(data).expanduser().resolve():
         return None
+    if (run / "split.json").is_file():  # written by training: the exact photos it held out
+        saved = read_json(run / "split.json")
+        held = set(saved["valid"])
+        valid = np.array([i for i, p in enumerate(table.paths) if str(p) in held], np.int64)
+        log.info("%s is the run's training data without a test split: evaluating the %d photos training "
+                 "held out for validation (%s)", data, len(valid), saved.get("how"))
+        return valid
     from facelab.train import split_indices
 
     same = table.select_attributes(cfg["attrs"]) if table.kind == "attributes" and cfg.get("attrs") else table
-    _, valid, how = split_indices(same, task, float(cfg.get("valid_fraction", 0.2)), int(cfg.get("seed", 0)))
+    fraction = cfg.get("valid_fraction")
+    _, valid, how = split_indices(same, task, float(fraction) if fraction is not None else None,
+                                  int(cfg.get("seed", 0)))
     log.info("%s is the run's training data without a test split: evaluating the %d photos training held "
              "out for validation (%s)", data, len(valid), how)
     return valid
@@ -428,11 +441,11 @@ def write_predictions(path: Path, task: Task, table: SampleTable, probs: np.ndar
     std, _ = ensemble_spread(task, member_probs)
     loss = M.per_sample_loss(task, probs, y)
     loss = loss.mean(1) if loss.ndim == 2 else loss
-    w.writerow(["path", "identity", "target", *[f"p_{n}" for n in task.labels], "loss", "ensemble_std"])
+    w.writerow(["photo", "crop", "identity", "target", *[f"p_{n}" for n in task.labels], "loss", "ensemble_std"])
     for i, p in enumerate(table.paths):
         target = task.labels[int(y[i])] if task.kind != "multilabel" else ",".join(
             n for n, v in zip(task.labels, y[i]) if v)
-        w.writerow([str(p), table.identities[i] or "", target, *[f"{v:.5f}" for v in probs[i]],
+        w.writerow([str(table.source_of(i)), str(p), table.identities[i] or "", target, *[f"{v:.5f}" for v in probs[i]],
                     f"{loss[i]:.5f}", f"{std[i]:.5f}"])
     return write_text(path, buf.getvalue())
 
@@ -606,14 +619,15 @@ def top_loss_grids(task: Task, table: SampleTable, probs: np.ndarray, y: np.ndar
         idx = [i for i in np.argsort(-loss) if wrong[i]][:k]
         if not idx:
             return {}
-        captions = [f"pred {task.labels[int(probs[i].argmax())]}|p={probs[i].max():.2f}|true {task.labels[int(y[i])]}"
-                    for i in idx]
+        captions = [f"{table.source_of(i).name}|pred {task.labels[int(probs[i].argmax())]} p={probs[i].max():.2f}|"
+                    f"true {task.labels[int(y[i])]}" for i in idx]
         return {"top_losses": _grid_png([_read_thumb(table.paths[i]) for i in idx], captions)}
     grids = {}
     for j, name in enumerate(task.labels):
         idx = [i for i in np.argsort(-loss[:, j]) if wrong[i, j]][:max(1, k // 2)]
         if idx:
-            captions = [f"p={probs[i, j]:.2f}|true: {'yes' if y[i, j] else 'no'}" for i in idx]
+            captions = [f"{table.source_of(i).name}|p={probs[i, j]:.2f}|true: {'yes' if y[i, j] else 'no'}"
+                        for i in idx]
             grids[f"top_losses_{name}"] = _grid_png([_read_thumb(table.paths[i]) for i in idx], captions, tile=96)
     return grids
 
@@ -660,8 +674,9 @@ def write_report(path: Path, task: Task, m: dict, plots: dict[str, bytes]) -> Pa
              f"{src['dropped_by_face_preparation']} of {src['photos_in_source']} dropped by face preparation)<br>"
              f"Task: {escape(task.kind)} over {len(task.labels)} label(s)</p>")
     sections = [("Summary", table(_headline_rows(m), ["metric", "model", "baseline", "model - baseline"])
-                 + "<p class='muted'>Baseline: always predict the majority class of the training split "
-                   "(or of this set when there is none); balanced-accuracy baseline = chance.</p>")]
+                 + "<p class='muted'>Baseline: the best constant answer on the evaluated photos (always the "
+                   "class most frequent among them); any constant answer scores chance in balanced accuracy.</p>"
+                 + _weak_html(m))]
     sections.append(("Decision thresholds", _thresholds_html(m["thresholds"], task)))
     if task.kind == "multilabel":
         rows = [[n, a["accuracy"], a["baseline_accuracy"], a["balanced_accuracy"], a["f1"], a["auc"], a["threshold"],
@@ -689,6 +704,16 @@ def write_report(path: Path, task: Task, m: dict, plots: dict[str, bytes]) -> Pa
                      "".join(f"<h3>{escape(k.replace('top_losses_', '') if k != 'top_losses' else '')}</h3>"
                              + img_tag(v, k) for k, v in grids) or "<p class='ok'>No errors.</p>"))
     return write_page(path, "facelab evaluation", sections, intro)
+
+
+def _weak_html(m: dict) -> str:
+    from facelab._html import escape
+
+    weak = m.get("weak_labels") or {}
+    if not weak:
+        return ""
+    items = "".join(f"<li><b>{escape(n)}</b>: {escape(why)}</li>" for n, why in weak.items())
+    return f"<p><b>Labels the model has not learned</b> (near or below a constant answer):</p><ul>{items}</ul>"
 
 
 def _thresholds_html(t: dict, task: Task) -> str:
@@ -739,7 +764,7 @@ def model_card(task: Task, m: dict) -> str:
              "", "## Evaluation data",
              f"- {src['data']}, split {src['split'] or 'all'}: {src['evaluated']} photos "
              f"({src['dropped_by_face_preparation']} of {src['photos_in_source']} dropped: no usable face)",
-             "", "## Metrics (with the majority-class baseline)", "",
+             "", "## Metrics (beside the best constant answer on these photos)", "",
              "| metric | model | baseline |", "|---|---|---|"]
     lines += [f"| {r[0]} | {_fmt(r[1])} | {_fmt(r[2])} |" for r in _headline_rows(m)]
     if task.kind == "multilabel":
@@ -779,10 +804,8 @@ def _limits(task: Task, m: dict) -> list[str]:
     if "Male" in task.labels:
         out.append("- **Male** is CelebA's binary annotation of perceived gender; it says nothing about how "
                    "a person identifies.")
-    lift = _num(m["accuracy"]) - _num(m.get("baseline", {}).get("accuracy"))
-    if not math.isnan(lift) and lift < 0.02:
-        out.append(f"- Accuracy is {lift:+.1%} against always predicting the majority class: the model adds "
-                   f"little or nothing over that baseline.")
+    for name, why in (m.get("weak_labels") or {}).items():
+        out.append(f"- **{name} not learned**: {why}.")
     return out
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import math
+
 import numpy as np
 
 from facelab.tasks import Task
@@ -97,9 +99,9 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) ->
 
 
 def majority_baseline(y_true: np.ndarray, y_reference: np.ndarray | None = None) -> tuple[int, float]:
-    """The class most frequent in ``y_reference`` (training labels; default ``y_true``) and the
-    accuracy of always predicting it on ``y_true``. Balanced accuracy of this baseline is
-    1 / number of classes present."""
+    """The class most frequent in ``y_reference`` (default ``y_true``: the best constant
+    answer on this set, the honest baseline) and the accuracy of always predicting it on
+    ``y_true``. Balanced accuracy of any constant answer is 1 / number of classes present."""
     ref = np.asarray(y_true if y_reference is None or len(y_reference) == 0 else y_reference, np.int64)
     majority = int(np.bincount(ref).argmax())
     return majority, float((np.asarray(y_true) == majority).mean())
@@ -236,7 +238,8 @@ def _single_label(task: Task, probs: np.ndarray, targets: np.ndarray, decisions:
     else:
         aucs = [roc_auc(targets == c, probs[:, c]) for c in range(k)]
         auc = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else NAN
-    majority, base_acc = majority_baseline(targets, train_targets)
+    majority, base_acc = majority_baseline(targets)  # the best constant answer on THIS set
+    train_majority, train_acc = majority_baseline(targets, train_targets)
     present = int((prf["support"] > 0).sum())
     return {
         "accuracy": float(np.trace(cm) / cm.sum()), "balanced_accuracy": balanced_accuracy(cm), "auc": auc,
@@ -246,7 +249,8 @@ def _single_label(task: Task, probs: np.ndarray, targets: np.ndarray, decisions:
         "macro_f1": _f(np.nanmean(prf["f1"])) if present else NAN,
         "confusion_matrix": cm.tolist(),
         "baseline": {"majority_class": task.labels[majority], "accuracy": base_acc,
-                     "balanced_accuracy": 1.0 / max(present, 1)},
+                     "balanced_accuracy": 1.0 / max(present, 1),
+                     "train_majority_class": task.labels[train_majority], "train_majority_accuracy": train_acc},
     }
 
 
@@ -256,15 +260,51 @@ def _multilabel(task: Task, probs: np.ndarray, targets: np.ndarray, decisions: n
     for j, name in enumerate(task.labels):
         m = binary_metrics(targets[:, j], decisions[:, j], probs[:, j])
         ref = None if train_targets is None else np.asarray(train_targets)[:, j]
-        majority, base = majority_baseline(targets[:, j], ref)
+        majority, base = majority_baseline(targets[:, j])  # the best constant answer on THIS set
+        _, train_base = majority_baseline(targets[:, j], ref)
         m.update({"threshold": task.thresholds[j], "positives": int(targets[:, j].sum()),
-                  "baseline_accuracy": base, "baseline_majority": majority, "baseline_balanced_accuracy": 0.5})
+                  "baseline_accuracy": base, "baseline_majority": majority, "baseline_balanced_accuracy": 0.5,
+                  "train_majority_accuracy": train_base})
         per_attr[name] = m
     mean = {key: _f(np.nanmean([a[key] for a in per_attr.values()]))
             for key in ("accuracy", "balanced_accuracy", "f1", "auc", "baseline_accuracy")}
     return {"per_attribute": per_attr, "mean": mean, "accuracy": mean["accuracy"],
             "balanced_accuracy": mean["balanced_accuracy"], "auc": mean["auc"], "macro_f1": mean["f1"],
             "baseline": {"accuracy": mean["baseline_accuracy"], "balanced_accuracy": 0.5}}
+
+
+#: A label within this much balanced accuracy of a constant answer has learned little.
+WEAK_MARGIN = 0.05
+
+
+def weak_labels(metrics: dict[str, Any]) -> dict[str, str]:
+    """Labels whose model is near or below the best constant answer, or below chance in
+    ROC-AUC: label -> what is wrong and what to try. Whole-task name ``"all"`` for
+    single-label tasks."""
+    rows = metrics.get("per_attribute") or {"all": {"balanced_accuracy": metrics.get("balanced_accuracy"),
+                                                    "auc": metrics.get("auc"),
+                                                    "baseline_balanced_accuracy":
+                                                        metrics.get("baseline", {}).get("balanced_accuracy")}}
+    out = {}
+    for name, a in rows.items():
+        bal, auc = _num(a.get("balanced_accuracy")), _num(a.get("auc"))
+        chance = _num(a.get("baseline_balanced_accuracy", 0.5))
+        if math.isfinite(auc) and auc < 0.5:
+            out[name] = (f"ROC-AUC {auc:.2f} is below chance: the model ranks the wrong way round. Check the labels, "
+                         f"then train longer or with a pretrained backbone at a larger --size")
+        elif math.isfinite(bal) and bal < chance + WEAK_MARGIN:
+            hint = (f" (its ROC-AUC {auc:.2f} says the scores do separate: tune the threshold with "
+                    f"`facelab evaluate --tune-split valid`)") if math.isfinite(auc) and auc >= 0.7 else \
+                ": add photos of more people, train longer, or use a pretrained backbone at a larger --size"
+            out[name] = f"balanced accuracy {bal:.2f} is no better than a constant answer ({chance:.2f}){hint}"
+    return out
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def per_sample_loss(task: Task, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ def evaluate_cmd(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: the run / ensemble folder)."),
     split: str = typer.Option("test", help="Split to report on: test, valid, train or all."),
     tune_split: str = typer.Option("valid", help="Split to tune decision thresholds on, or none."),
-    tune_metric: str = typer.Option("accuracy", help="Thresholds maximise: accuracy, balanced_accuracy, f1."),
+    tune_metric: str = typer.Option("balanced_accuracy", help="Thresholds maximise: balanced_accuracy, accuracy, f1."),
     save_thresholds: bool = typer.Option(True, "--save-thresholds/--no-save-thresholds",
                                          help="Write tuned thresholds into bundle/bundle.json."),
     subgroups: Optional[str] = typer.Option(None, help="Comma-separated attributes (or identity) to split "
