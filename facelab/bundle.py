@@ -54,6 +54,8 @@ class FacePrediction:
     face: Any
     probs: np.ndarray
     crop: np.ndarray
+    spread: np.ndarray | None = None
+    """Ensembles: the members' standard deviation per label; None for a single model."""
 
 
 # --------------------------------------------------------------------------- files
@@ -203,7 +205,13 @@ def backend_class(name: str) -> Any:
 
 
 def load(run_or_bundle_dir: str | Path, **kwargs: Any) -> Predictor:
-    """A run folder (``runs/NAME``) or bundle folder -> its predictor (any backend)."""
+    """A run folder (``runs/NAME``) or bundle folder -> its predictor (any backend). An
+    ensemble folder (``ensemble.json``) gives one predictor answering with the members'
+    mean and spread (:class:`facelab.ensemble.EnsemblePredictor`)."""
+    from facelab.ensemble import is_ensemble, load_ensemble
+
+    if is_ensemble(run_or_bundle_dir):
+        return load_ensemble(run_or_bundle_dir, lambda member: load(member, **kwargs))
     bdir, bundle = read_bundle(run_or_bundle_dir)
     if int(bundle.get("format", FORMAT)) > FORMAT:
         raise ValueError(f"{bdir}: bundle format {bundle['format']} is newer than this facelab "

@@ -42,10 +42,13 @@ def load_predictor(run: str | Path, backend: str = "auto", threads: int = 0) -> 
     exports cleanly, else PyTorch; ``onnx``/``torch`` force one (``onnx`` fails loudly).
     face-embed and ONNX-bundle runs always use their own backend."""
     from facelab.bundle import read_bundle
+    from facelab.ensemble import is_ensemble, load_ensemble
     from facelab.export import OnnxPredictor, cached_export
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if is_ensemble(run):
+        return load_ensemble(run, lambda member: load_predictor(member, backend, threads))
     bdir, bundle = read_bundle(run)
     kind = bundle["model"].get("backend", "torch")
     if kind == "onnx":
@@ -97,9 +100,11 @@ class FaceResult:
     """float32 (len(labels),) probabilities."""
     identity: str | None = None
     """Open-set decision of an identity model (a known name or ``unknown``), else None."""
+    spread: np.ndarray | None = None
+    """Ensembles: standard deviation of the members' probabilities per label."""
 
     def to_dict(self, task: Task) -> dict[str, Any]:
-        return {**face_dict(self.face), "prediction": prediction_dict(task, self.probs, self.identity)}
+        return {**face_dict(self.face), "prediction": prediction_dict(task, self.probs, self.identity, self.spread)}
 
 
 @dataclass
@@ -122,8 +127,10 @@ def face_dict(face: Any) -> dict[str, Any]:
             "score": round(float(face.score), 4)}
 
 
-def prediction_dict(task: Task, probs: np.ndarray, identity: str | None = None) -> dict[str, Any]:
-    """Probabilities -> ``{"probs": {label: p}, "decision": ..., "top": label}`` (JSON-ready).
+def prediction_dict(task: Task, probs: np.ndarray, identity: str | None = None,
+                    spread: np.ndarray | None = None) -> dict[str, Any]:
+    """Probabilities -> ``{"probs": {label: p}, "decision": ..., "top": label}`` (JSON-ready;
+    ensembles add ``"spread": {label: std across members}``).
 
     ``decision`` is the predicted label (binary, multiclass) or the list of present
     attributes (multilabel), using the bundle's thresholds; for an identity model it is
@@ -137,8 +144,11 @@ def prediction_dict(task: Task, probs: np.ndarray, identity: str | None = None) 
         decision = [lab for lab, d in zip(task.labels, decided) if d]
     else:
         decision = task.labels[int(decided)]
-    return {"probs": {lab: round(float(p), 5) for lab, p in zip(task.labels, probs)},
-            "decision": decision, "top": task.labels[int(probs.argmax())]}
+    out = {"probs": {lab: round(float(p), 5) for lab, p in zip(task.labels, probs)},
+           "decision": decision, "top": task.labels[int(probs.argmax())]}
+    if spread is not None:
+        out["spread"] = {lab: round(float(s), 5) for lab, s in zip(task.labels, spread)}
+    return out
 
 
 def predict_rgb(predictor: Any, rgb: np.ndarray, all_faces: bool = False) -> list[FaceResult]:
@@ -146,19 +156,23 @@ def predict_rgb(predictor: Any, rgb: np.ndarray, all_faces: bool = False) -> lis
     prepared = face_pipeline(predictor.bundle, all_faces).process(rgb)
     if not prepared:
         return []
-    probs, names = classify_crops(predictor, [p.crop for p in prepared])
-    return [FaceResult(p.face, pr, n) for p, pr, n in zip(prepared, probs, names)]
+    probs, names, spreads = classify_crops(predictor, [p.crop for p in prepared])
+    return [FaceResult(p.face, pr, n, s) for p, pr, n, s in zip(prepared, probs, names, spreads)]
 
 
-def classify_crops(predictor: Any, crops: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
-    """Crops -> (probabilities (N, L), open-set identity per crop or None).
+def classify_crops(predictor: Any, crops: list[np.ndarray]) -> tuple[np.ndarray, list[str | None], list[Any]]:
+    """Crops -> (probabilities (N, L), open-set identity per crop or None, ensemble spread
+    per crop or None).
 
     Identity models (``decide_crops``) say ``unknown`` beyond their calibrated threshold,
-    from the same embedding pass; other models have no identity."""
+    from the same embedding pass; ensembles give the members' standard deviation."""
     if hasattr(predictor, "decide_crops"):
         probs, names = predictor.decide_crops(crops)
-        return probs, list(names)
-    return predictor.predict_crops(crops), [None] * len(crops)
+        return probs, list(names), [None] * len(crops)
+    if hasattr(predictor, "predict_crops_spread"):
+        probs, spread = predictor.predict_crops_spread(crops)
+        return probs, [None] * len(crops), list(spread)
+    return predictor.predict_crops(crops), [None] * len(crops), [None] * len(crops)
 
 
 # --------------------------------------------------------------------------- many photos
@@ -308,8 +322,8 @@ def _predict_chunk(predictor: Any, paths: Iterable[Path], all_faces: bool) -> li
         results.append(result)
         prepared.append(faces)
     crops = [f.crop for faces in prepared for f in faces]
-    probs, names = classify_crops(predictor, crops) if crops else ([], [])
-    rows = iter(zip(probs, names))
+    probs, names, spreads = classify_crops(predictor, crops) if crops else ([], [], [])
+    rows = iter(zip(probs, names, spreads))
     for result, faces in zip(results, prepared):
         result.faces = [FaceResult(f.face, *next(rows)) for f in faces]
     return results

@@ -216,9 +216,9 @@ class Service:
         probs = await asyncio.gather(*(m.batcher.submit([p.crop for p in found[m.digest]]) for m in models))
         faces: list[dict[str, Any]] = []
         for m, rows in zip(models, probs):
-            for prepared, (row, identity) in zip(found[m.digest], rows):
+            for prepared, (row, identity, spread) in zip(found[m.digest], rows):
                 entry = _face_entry(faces, prepared.face)
-                entry["predictions"][m.name] = prediction_dict(m.predictor.task, row, identity)
+                entry["predictions"][m.name] = prediction_dict(m.predictor.task, row, identity, spread)
         t2 = time.perf_counter()
         return {"width": w, "height": h, "models": [m.name for m in models], "faces": faces,
                 "timing_ms": {"detect": round((t1 - t0) * 1e3, 2), "classify": round((t2 - t1) * 1e3, 2),
@@ -583,10 +583,11 @@ def _require_uvicorn() -> Any:
     return require("uvicorn", "uvicorn[standard]", "facelab serve")
 
 
-def _batch_fn(predictor: Any) -> Callable[[list[np.ndarray]], list[tuple[np.ndarray, str | None]]]:
-    """The batched model call: crops -> [(probabilities, open-set identity or None)]."""
+def _batch_fn(predictor: Any) -> Callable[[list[np.ndarray]], list[tuple[np.ndarray, str | None, Any]]]:
+    """The batched model call: crops -> [(probabilities, open-set identity or None, ensemble
+    spread or None)]."""
     from facelab.predict import classify_crops
 
-    def run(crops: list[np.ndarray]) -> list[tuple[np.ndarray, str | None]]:
+    def run(crops: list[np.ndarray]) -> list[tuple[np.ndarray, str | None, Any]]:
         return list(zip(*classify_crops(predictor, crops)))
     return run
