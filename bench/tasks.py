@@ -224,13 +224,19 @@ def run_facelab(td: TaskData, options: dict[str, Any], out: Path, label: str) ->
                                                   for n, a in m["per_attribute"].items()}
     bundle = json.loads((Path(run) / "bundle" / "bundle.json").read_text()) if (Path(run) / "bundle").is_dir() else {}
     history = (Path(run) / "metrics.csv").read_text().splitlines() if (Path(run) / "metrics.csv").is_file() else []
+    cfg_file = Path(run) / "config.json"
+    resolved = json.loads(cfg_file.read_text()).get("resolved", {}) if cfg_file.is_file() else {}
     return {"tool": "facelab", "config": label, "train_cpu_min": train_cpu / 60, "train_wall_s": train_wall,
+            "epochs": resolved.get("epochs"), "batch_size": resolved.get("batch_size"),
             "best_epoch": bundle.get("train", {}).get("best_epoch"), "metrics_csv": history, "scores": scores}
 
 
-def run_fastai(td: TaskData, model: str, size: int, epochs: int, out: Path) -> dict[str, Any]:
-    """fastai's defaults (vision_learner + fine_tune, aug_transforms, RandomSplitter 20%,
-    ImageNet statistics) on facelab's face crops of the same photos, same offline weights."""
+def run_fastai(td: TaskData, model: str, size: int, epochs: int, batch: int, out: Path) -> dict[str, Any]:
+    """fastai's defaults (vision_learner + fine_tune(epochs) with 1 frozen epoch and base_lr
+    2e-3, aug_transforms, RandomSplitter 20% or the official partition, ImageNet statistics)
+    on facelab's face crops of the same photos, with the same offline weights, image size,
+    epochs and batch size as facelab's run (fastai's own bs=64 would leave a small folder
+    without a single full training batch: fastai drops the last partial one)."""
     try:
         import fastai.vision.all as fv
     except ImportError:
@@ -275,7 +281,7 @@ def run_fastai(td: TaskData, model: str, size: int, epochs: int, out: Path) -> d
     block = fv.DataBlock(blocks=(fv.ImageBlock, y_block), get_x=fv.ColReader("path"),
                          get_y=fv.ColReader(names) if multi else fv.ColReader("label"), splitter=splitter,
                          item_tfms=fv.Resize(size), batch_tfms=[*fv.aug_transforms(), fv.Normalize.from_stats(*fv.imagenet_stats)])
-    dls = block.dataloaders(df, bs=min(64, max(2, len(df) // 5)), num_workers=0)
+    dls = block.dataloaders(df, bs=batch, num_workers=0)
     learn = fv.vision_learner(dls, arch, pretrained=True, path=out)
     learn.fine_tune(epochs)
     train_cpu, train_wall = cpu_seconds() - c0, time.perf_counter() - t0
@@ -288,7 +294,7 @@ def run_fastai(td: TaskData, model: str, size: int, epochs: int, out: Path) -> d
         if not multi:  # fastai's vocab order is task.labels (sorted class names)
             assert list(dls.vocab) == list(task.labels), (list(dls.vocab), task.labels)
         scores[test_name] = score(task, probs, yt)
-    return {"tool": "fastai", "config": f"{model}@{size} fine_tune({epochs})", "train_cpu_min": train_cpu / 60,
+    return {"tool": "fastai", "config": f"{model}@{size} fine_tune({epochs}) bs {batch}", "train_cpu_min": train_cpu / 60,
             "train_wall_s": train_wall, "scores": scores}
 
 
@@ -348,7 +354,8 @@ def main() -> None:
     ap.add_argument("--no-facelab", action="store_true", help="only the peers (face-embed, fastai)")
     ap.add_argument("--no-fastai", action="store_true")
     ap.add_argument("--fastai-model", default=None, help="backbone for fastai [facelab's default]")
-    ap.add_argument("--fastai-epochs", type=int, default=None, help="fine_tune epochs [facelab's default]")
+    ap.add_argument("--fastai-epochs", type=int, default=None,
+                    help="fine_tune epochs [the epochs facelab's run resolved to]")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -359,7 +366,7 @@ def main() -> None:
     cfg = TrainConfig(data=".", **options)
     fa_model = args.fastai_model or cfg.model
     fa_size = cfg.image_size or get_spec(fa_model).size
-    fa_epochs = args.fastai_epochs or cfg.epochs
+    fa_epochs = args.fastai_epochs or cfg.epochs or 4
     started = time.perf_counter()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="facelab-tasks-") as tmp:
@@ -373,10 +380,15 @@ def main() -> None:
                     runs.append(("face-embed", lambda: run_facelab(td, {"model": "face-embed"}, work / "runs",
                                                                    "face-embed")))
                 if not args.no_fastai:
-                    runs.append(("fastai", lambda: run_fastai(td, fa_model, fa_size, fa_epochs, work / "fastai")))
-                for _, fn in runs:
+                    runs.append(("fastai", lambda: run_fastai(td, fa_model, fa_size,
+                                                              args.fastai_epochs or budget.get("epochs") or fa_epochs,
+                                                              budget.get("batch_size") or 64, work / "fastai")))
+                budget: dict[str, Any] = {}
+                for tool, fn in runs:
                     r = {"task": td.name, "notes": td.notes, **fn()}
                     rows.append(r)
+                    if tool == "facelab":
+                        budget = {"epochs": r.get("epochs"), "batch_size": r.get("batch_size")}
                     first = next(iter(r["scores"].values()))
                     print(f"    {r['tool']:8s} {r['config'][:28]:28s} bal.acc {first['balanced_accuracy']:.3f} "
                           f"(const {first['constant_balanced_accuracy']:.2f}) AUC {first['auc']:.3f} "

@@ -32,7 +32,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".ti
 def model_name(run: str | Path) -> str:
     """A short name for a run: its folder name (``runs/smile`` -> ``smile``)."""
     from facelab.bundle import bundle_dir_of
+    from facelab.ensemble import is_ensemble
 
+    if is_ensemble(run):
+        return Path(run).name
     bdir = bundle_dir_of(run)
     return bdir.parent.name if bdir.name == "bundle" else bdir.name
 

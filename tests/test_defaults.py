@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,11 +75,11 @@ def test_head_starts_small_at_the_priors() -> None:
     y = torch.tensor([0] * 30 + [1] * 10)
     init_head_bias(model, y, Task("binary", ("no", "yes")), Balance(None, None, ""))
     head = model.get_classifier()
-    assert float(head.weight.std()) < 0.02
+    assert float(head.weight.detach().abs().max()) <= 1 / math.sqrt(head.in_features)  # was +-1
     assert float(head.bias) == pytest.approx(math.log(11 / 31), abs=1e-4)
     with torch.no_grad():
-        p = torch.sigmoid(model.eval()(torch.randn(4, 3, 64, 64)))
-    assert torch.allclose(p, torch.full_like(p, 11 / 42), atol=0.05)
+        p = torch.sigmoid(model.eval()(torch.rand(4, 3, 64, 64) * 2 - 1))
+    assert torch.allclose(p, torch.full_like(p, 11 / 42), atol=0.1)
 
 
 def test_best_epoch_tie_goes_to_lower_validation_loss() -> None:
@@ -187,6 +188,7 @@ def test_one_person_dominating_a_class_is_warned(celeba_mini: Path, orl_faces: P
 def test_suite_builders_are_identity_disjoint(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("bench_tasks", REPO / "bench" / "tasks.py")
     tasks = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = tasks  # dataclasses look their module up there
     spec.loader.exec_module(tasks)
     ids, _, _, _ = tasks._celeba_meta(tasks.SHARED / "celeba-mini")
     for td in tasks.build_attribute(tmp_path, "Smiling", 150, 0):
@@ -244,14 +246,34 @@ def test_ensemble_members_share_one_split_and_evaluate_on_unseen_photos(celeba_m
 
 @pytest.mark.slow
 def test_default_model_learns_clear_attributes_on_new_people(celeba_mini: Path, tmp_path: Path) -> None:
-    """A short run of the DEFAULT model on 3 clear attributes, scored on the test partition's
-    4 people (never seen): well above the 0.5 balanced accuracy of any constant answer."""
+    """The DEFAULT model and training budget on 3 clear attributes (at 112 px instead of 160 to
+    keep the test short), scored on the test partition's 4 people (never seen): well above
+    the 0.5 balanced accuracy of any constant answer."""
     from facelab.evaluate import evaluate
     from facelab.train import train
 
     run = train(celeba_mini, out=str(tmp_path), name="default", attrs=["Male", "Smiling", "Wearing_Lipstick"],
-                epochs=2, progress=False, tensorboard=False)
+                image_size=112, progress=False, tensorboard=False)
     m = evaluate(run, celeba_mini, progress=False).metrics
     assert m["baseline"]["balanced_accuracy"] == 0.5
-    assert m["balanced_accuracy"] >= 0.75, m["per_attribute"]
-    assert all(a["auc"] > 0.75 for a in m["per_attribute"].values()), m["per_attribute"]
+    per = {n: (round(a["balanced_accuracy"], 3), round(a["auc"], 3)) for n, a in m["per_attribute"].items()}
+    assert m["balanced_accuracy"] >= 0.75, per
+    assert m["auc"] >= 0.8 and all(bal > 0.6 for bal, _ in per.values()), per
+
+
+# --------------------------------------------------------------------------- learning models
+
+def test_lenet5_and_smallvgg_take_filters_and_pooling() -> None:
+    import torch
+
+    from facelab.models import create_model
+
+    net = create_model("lenet5", 3, filters=(12, 32), pool="avg")
+    assert net.features[0].out_channels == 12 and isinstance(net.features[2], torch.nn.AvgPool2d)
+    vgg = create_model("smallvgg", 2, filters=(8, 16), pool="max")
+    for model in (net, vgg):
+        out = model.eval()(torch.rand(2, 3, 48, 48))
+        assert torch.isfinite(out).all()
+    assert vgg(torch.rand(1, 3, 48, 48)).shape == (1, 2)
+    with pytest.raises(ValueError, match="valid: \\['filters', 'pool'\\]"):
+        create_model("lenet5", 2, kernel=7)

@@ -44,14 +44,14 @@ def _attrs(attrs: Optional[str]) -> Optional[list[str]]:
 def train_cmd(
     data: Path = typer.Argument(..., help="Photos: folder per class, CelebA root, CSV, or a `facelab prepare` output."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (`facelab models`), any timm name, "
-                                        "or face-embed [lenet5]."),
+                                        "or face-embed [mobilenetv2_100]."),
     name: Optional[str] = typer.Option(None, help="Run name: runs/NAME [<data>-<model>]."),
     out: str = typer.Option("runs", help="Folder holding the runs."),
     task: Optional[str] = typer.Option(None, help="binary, multiclass or multilabel [inferred]."),
     attrs: Optional[str] = typer.Option(None, help="Attributes to learn, e.g. Smiling,Eyeglasses [all]."),
-    epochs: int = typer.Option(4, help="Epochs training all layers."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs training all layers [enough for ~150 steps, 4-40]."),
     freeze_epochs: Optional[int] = typer.Option(None, help="Head-only epochs first [1 for pretrained, else 0]."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size [64 CPU, 256 GPU]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size [a 16th of the photos, 4-64; 256 on a GPU]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [2e-3 transfer, 3e-3 scratch]."),
     size: Optional[int] = typer.Option(None, "--size", help="Input side in pixels [model default]."),
     schedule: str = typer.Option("onecycle", help="onecycle or cosine."),
@@ -75,6 +75,8 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="CPU threads [torch default / OMP_NUM_THREADS]."),
     max_batches: Optional[int] = typer.Option(None, help="Cap on steps per epoch (smoke runs)."),
     ensemble: int = typer.Option(1, help="Train K members (seeds seed..seed+K-1) as one ensemble run."),
+    model_option: list[str] = typer.Option([], "--model-option", "-M", help="Model option KEY=VALUE, e.g. "
+                                           "filters=[12,32] pool=avg (lenet5/smallvgg), drop_rate=0.2 (timm)."),
     detector: Optional[str] = typer.Option(None, help="Face detector for raw photos [yuface]."),
     prepare_option: list[str] = typer.Option([], "--prepare-option", "-P", help="Face preparation KEY=VALUE."),
     cache_dir: Optional[str] = typer.Option(None, help="Face-crop cache [$FACELAB_CACHE or ~/.cache/facelab]."),
@@ -91,6 +93,7 @@ def train_cmd(
                 imbalance=imbalance, valid_fraction=valid_fraction, group_people=group_people, seed=seed, patience=patience, monitor=monitor,
                 pretrained=pretrained, weights=str(weights) if weights else None, download_weights=download_weights,
                 device=device, threads=threads, max_batches=max_batches, ensemble=ensemble,
+                model_kwargs=_options(model_option, "--model-option"),
                 prepare=_prepare(detector, prepare_option), cache_dir=cache_dir, resume=resume,
                 overwrite=overwrite, tensorboard=tensorboard)
     typer.echo(f"run:    {run}")
@@ -99,7 +102,7 @@ def train_cmd(
 
 def lr_find_cmd(
     data: Path = typer.Argument(..., help="The data source to train on."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone [lenet5]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone [mobilenetv2_100]."),
     attrs: Optional[str] = typer.Option(None, help="Attributes to learn [all]."),
     task: Optional[str] = typer.Option(None, help="binary, multiclass or multilabel [inferred]."),
     size: Optional[int] = typer.Option(None, "--size", help="Input side in pixels [model default]."),
