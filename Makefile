@@ -16,6 +16,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
+	$(PY) bench/tasks.py
 	$(PY) bench/prepare.py
 	$(PY) bench/train.py
 	$(PY) -m facelab train $(DATA) --epochs 2 --name bench-serve --overwrite
