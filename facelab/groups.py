@@ -90,16 +90,18 @@ class GroupReport:
 def describe_groups(groups: np.ndarray, y: np.ndarray, names: Sequence[str]) -> GroupReport:
     """Per class (or per attribute value "X" / "not X"): people, the largest person's share."""
     columns = _class_columns(y, names)
-    people, share, dominant = {}, {}, {}
+    people, share = {}, {}
     for name, mask in columns.items():
         counts = Counter(groups[mask].tolist())
         if not counts:
             continue
-        top, n_top = counts.most_common(1)[0]
-        people[name], share[name], dominant[name] = len(counts), n_top / int(mask.sum()), top
+        _, n_top = counts.most_common(1)[0]
+        people[name], share[name] = len(counts), n_top / int(mask.sum())
+    # A folder per person: (nearly) every class is one group. Two look-alike people may
+    # share a group (ORL's greyscale faces: 35 groups for 40 people), so groups need not be
+    # distinct; 80% of the classes is the bar.
     single = y.ndim == 1
-    are_people = single and len(people) >= 2 and all(s >= 0.7 for s in share.values()) \
-        and len(set(dominant.values())) == len(dominant)
+    are_people = single and len(people) >= 2 and np.mean([s >= 0.7 for s in share.values()]) >= 0.8
     warnings = [] if are_people else _warnings(people, share, columns)
     return GroupReport(people, {k: round(v, 3) for k, v in share.items()}, are_people, warnings)
 

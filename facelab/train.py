@@ -279,6 +279,8 @@ def split_indices(table: SampleTable, task: Task, valid_fraction: float | None,
     if table.has_identities and not _people_task(table):
         ids = np.array([str(i) for i in table.identities])
         valid = _group_split(ids, strata, fraction, rng)
+        if table.kind == "classes":
+            valid = _keep_every_class(valid, strata, table)
         n_people = len(np.unique(ids[valid]))
         return np.setdiff1d(np.arange(len(ids)), valid), valid, f"identity-disjoint ({n_people} people held out)"
     valid_parts = []
@@ -287,6 +289,17 @@ def split_indices(table: SampleTable, task: Task, valid_fraction: float | None,
         valid_parts.append(rows[:int(round(len(rows) * fraction))])
     valid = np.sort(np.concatenate(valid_parts))
     return np.setdiff1d(np.arange(len(strata)), valid), valid, "stratified"
+
+
+def _keep_every_class(valid: np.ndarray, y: np.ndarray, table: SampleTable) -> np.ndarray:
+    """A class whose every photo was held out could never be learned: its photos go back to
+    training (logged), so validation never asks for a class the model has not seen."""
+    lost = [c for c in np.unique(y) if not np.setdiff1d(np.flatnonzero(y == c), valid).size]
+    if lost:
+        log.warning("%s: %d class(es) had all their photos in the people held out for validation (%s); "
+                    "they stay in training", table.root, len(lost), ", ".join(table.label_names[int(c)] for c in lost[:5]))
+        valid = valid[~np.isin(y[valid], lost)]
+    return valid
 
 
 def _group_split(ids: np.ndarray, strata: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

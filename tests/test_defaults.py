@@ -281,3 +281,19 @@ def test_lenet5_and_smallvgg_take_filters_and_pooling() -> None:
     assert vgg(torch.rand(1, 3, 48, 48)).shape == (1, 2)
     with pytest.raises(ValueError, match="valid: \\['filters', 'pool'\\]"):
         create_model("lenet5", 2, kernel=7)
+
+
+def test_a_folder_per_person_stays_stratified_when_look_alikes_share_a_group(orl_faces: Path) -> None:
+    """ORL's 40 greyscale people form 35 face groups (look-alikes merge): the classes are still
+    recognised as people, so every person stays on both sides of the split."""
+    from facelab.data import load_source
+    from facelab.prepare import prepare_table
+    from facelab.tasks import infer_task
+    from facelab.train import TrainConfig, group_people, split_indices
+
+    crops = prepare_table(load_source(orl_faces), None, progress=False)
+    task = infer_task(crops)
+    grouped, report = group_people(crops, task, None, TrainConfig(data=str(orl_faces), progress=False))
+    assert report["classes_are_people"] and not grouped.has_identities
+    train, valid, how = split_indices(grouped, task, None, 0)
+    assert how == "stratified" and set(crops.labels[valid]) == set(crops.labels[train]) == set(range(40))
