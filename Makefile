@@ -19,7 +19,7 @@ bench: setup
 	$(PY) bench/tasks.py
 	$(PY) bench/prepare.py
 	$(PY) bench/train.py
-	$(PY) -m facelab train $(DATA) --epochs 2 --name bench-serve --overwrite
+	$(PY) -m facelab train $(DATA) --model lenet5 --epochs 2 --name bench-serve --overwrite
 	$(PY) -m facelab train $(DATA) --model efficientnet_lite0 --size 128 --epochs 2 --name bench-serve-lite0 --overwrite
 	$(PY) bench/serve.py --run runs/bench-serve runs/bench-serve-lite0
 	$(PY) bench/people.py
