@@ -212,8 +212,7 @@ def run_facelab(td: TaskData, options: dict[str, Any], out: Path, label: str) ->
     for test_name, src in td.tests.items():
         split = td.test_split if src == td.train else None
         result = facelab.evaluate(run, src, out=out / f"{label}-eval-{len(scores)}",
-                                  config=EvaluateConfig(split=split, tune_split=None if split is None else "valid",
-                                                        save_thresholds=False, progress=False))
+                                  config=EvaluateConfig(split=split, save_thresholds=False, progress=False))
         m = result.metrics
         scores[test_name] = {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"], "auc": m["auc"],
                              "constant_accuracy": m["baseline"]["accuracy"],

@@ -48,8 +48,11 @@ class EvaluateConfig:
 
     split: str | None = "test"
     """Split to report on when the source has splits; None = every photo."""
-    tune_split: str | None = "valid"
-    """Split on which decision thresholds are tuned (binary / multilabel); None = no tuning."""
+    tune_split: str | None = "auto"
+    """Split on which decision thresholds are tuned (binary / multilabel); None = no tuning;
+    ``auto`` = the valid split when it holds at least :data:`MIN_TUNE_PEOPLE` people (or, with
+    no identities, :data:`MIN_TUNE_PHOTOS` photos). Thresholds tuned on celeba-mini's 4 valid
+    people went to 0.03 and 0.95 and cost balanced accuracy on the test people (0.788 -> 0.777)."""
     tune_metric: str = "balanced_accuracy"
     """What the tuned thresholds maximise: balanced_accuracy (the default: tuning for accuracy
     on a small, imbalanced validation set pushes a threshold towards the majority answer),
@@ -72,7 +75,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         for name in ("split", "tune_split"):
             value = getattr(self, name)
-            if value is not None and value not in SPLITS:
+            if value is not None and value not in SPLITS and not (name == "tune_split" and value == "auto"):
                 raise ValueError(f"{name} must be one of {SPLITS} or None, got {value!r}")
         if self.tune_metric not in M.THRESHOLD_METRICS:
             raise ValueError(f"tune_metric must be one of {M.THRESHOLD_METRICS}, got {self.tune_metric!r}")
@@ -256,9 +259,7 @@ def evaluate(run: str | Path | Sequence[str | Path], data: str | Path, out: str 
     metrics["thresholds"] = thresholds
     metrics["source"] = _context(members, predictors[0].bundle, data, n_source, table, eval_table, config)
     metrics["subgroups"] = _subgroups(eval_table, tuned_task, probs, y, config)
-    metrics["weak_labels"] = M.weak_labels(metrics)
-    for name, why in metrics["weak_labels"].items():
-        log.warning("%s: %s", name, why)
+    metrics["weak_labels"] = M.weak_labels(metrics)  # named in summary(), the report and the card
     if len(members) > 1:
         metrics["ensemble"] = _ensemble_stats(tuned_task, member_probs, y, members)
     files = write_outputs(out, tuned_task, metrics, eval_table, member_probs, y, config)
@@ -316,9 +317,30 @@ def _split_rows(table: SampleTable, task: Task, config: EvaluateConfig,
     if not len(eval_rows):
         raise DataError(f"{table.root}: no photos in the {config.split!r} split; choose another with "
                         f"--split ({', '.join(sorted(set(splits) - {''}))}) or --split all")
-    tune = config.tune_split is not None and task.kind != "multiclass" and config.tune_split != config.split
-    tune_rows = np.flatnonzero(splits == config.tune_split) if tune else np.zeros(0, np.int64)
+    tune_split = _tune_split(table, splits, config)
+    tune = tune_split is not None and task.kind != "multiclass" and tune_split != config.split
+    tune_rows = np.flatnonzero(splits == tune_split) if tune else np.zeros(0, np.int64)
     return eval_rows, tune_rows, np.flatnonzero(splits == "train")
+
+
+#: ``tune_split="auto"`` tunes on the valid split only when it is this broad.
+MIN_TUNE_PEOPLE = 10
+MIN_TUNE_PHOTOS = 200
+
+
+def _tune_split(table: SampleTable, splits: np.ndarray, config: EvaluateConfig) -> str | None:
+    """The split to tune thresholds on: as asked, or for ``auto`` the valid split when it is
+    broad enough that thresholds fitted on it carry over to new people."""
+    if config.tune_split != "auto":
+        return config.tune_split
+    rows = np.flatnonzero(splits == "valid")
+    people = {table.identities[i] for i in rows} - {None}
+    broad = len(people) >= MIN_TUNE_PEOPLE if people else len(rows) >= MIN_TUNE_PHOTOS
+    if len(rows) and not broad:
+        log.info("thresholds not tuned: the valid split has %s, too few for thresholds that carry over to new "
+                 "people; the bundle's own thresholds are used (--tune-split valid tunes anyway)",
+                 f"{len(people)} people" if people else f"{len(rows)} photos")
+    return "valid" if len(rows) and broad else None
 
 
 def _tune(task: Task, probs: np.ndarray, targets: np.ndarray, config: EvaluateConfig) -> tuple[Task, dict]:
@@ -326,7 +348,8 @@ def _tune(task: Task, probs: np.ndarray, targets: np.ndarray, config: EvaluateCo
         return task, {"tuned": False, "why": "multiclass decisions are argmax (no threshold)"}
     if not len(probs):
         return task, {"tuned": False, "thresholds": list(task.thresholds),
-                      "why": f"no {config.tune_split!r} split in the data to tune on"}
+                      "why": "no split broad enough to tune on (see the log)" if config.tune_split == "auto"
+                      else f"no {config.tune_split!r} split in the data to tune on"}
     new = M.tune_thresholds(task, probs, targets, config.tune_metric)
     return task.with_thresholds(new), {
         "tuned": True, "split": config.tune_split, "metric": config.tune_metric, "n": int(len(probs)),

@@ -293,8 +293,9 @@ def weak_labels(metrics: dict[str, Any]) -> dict[str, str]:
             out[name] = (f"ROC-AUC {auc:.2f} is below chance: the model ranks the wrong way round. Check the labels, "
                          f"then train longer or with a pretrained backbone at a larger --size")
         elif math.isfinite(bal) and bal < chance + WEAK_MARGIN:
-            hint = (f" (its ROC-AUC {auc:.2f} says the scores do separate: tune the threshold with "
-                    f"`facelab evaluate --tune-split valid`)") if math.isfinite(auc) and auc >= 0.7 else \
+            hint = (f" (its ROC-AUC {auc:.2f} says the scores do rank: the decision threshold is off; tune it "
+                    f"with `facelab evaluate --tune-split valid` where the valid split holds 10 or more "
+                    f"people)") if math.isfinite(auc) and auc >= 0.7 else \
                 ": add photos of more people, train longer, or use a pretrained backbone at a larger --size"
             out[name] = f"balanced accuracy {bal:.2f} is no better than a constant answer ({chance:.2f}){hint}"
     return out

@@ -297,3 +297,15 @@ def test_a_folder_per_person_stays_stratified_when_look_alikes_share_a_group(orl
     assert report["classes_are_people"] and not grouped.has_identities
     train, valid, how = split_indices(grouped, task, None, 0)
     assert how == "stratified" and set(crops.labels[valid]) == set(crops.labels[train]) == set(range(40))
+
+
+def test_thresholds_are_not_tuned_on_a_handful_of_people(celeba_run: Path, celeba_mini: Path, tmp_path: Path) -> None:
+    """celeba-mini's valid split is 4 people: by default evaluate keeps the bundle's thresholds
+    (tuned on them they went to 0.03 and 0.95); asked explicitly, it tunes."""
+    from facelab.evaluate import evaluate
+
+    m = evaluate(celeba_run, celeba_mini, out=tmp_path / "auto", progress=False, save_thresholds=False).metrics
+    assert not m["thresholds"]["tuned"] and "broad enough" in m["thresholds"]["why"]
+    asked = evaluate(celeba_run, celeba_mini, out=tmp_path / "asked", progress=False, save_thresholds=False,
+                     tune_split="valid").metrics
+    assert asked["thresholds"]["tuned"] and asked["thresholds"]["split"] == "valid"

@@ -41,7 +41,7 @@ def _assert_offline_html(path: Path) -> None:
 @pytest.fixture(scope="module")
 def celeba_eval(celeba_run: Path, celeba_mini: Path, tmp_path_factory: pytest.TempPathFactory):
     run = _copy_run(celeba_run, tmp_path_factory.mktemp("celeba_eval"))
-    return run, evaluate(run, celeba_mini, top_k=8, progress=False)
+    return run, evaluate(run, celeba_mini, top_k=8, progress=False, tune_split="valid")
 
 
 def test_multilabel_report_numbers_plots_and_card(celeba_eval, celeba_mini: Path):
@@ -144,7 +144,7 @@ def test_ensemble_mean_std_and_disagreement(binary_run: Path, orl_run: Path, cel
     ens = tmp_path / "ens"
     ens.mkdir()
     (ens / "ensemble.json").write_text(json.dumps({"members": ["../a", str(b)]}))
-    result = evaluate(ens, celeba_mini, progress=False, top_k=4)
+    result = evaluate(ens, celeba_mini, progress=False, top_k=4, tune_split="valid")
     e = result.metrics["ensemble"]
     assert len(e["members"]) == 2 and e["mean_std"] == pytest.approx(0.0, abs=1e-6)  # identical members
     assert e["photos_with_disagreement"] == 0

@@ -18,7 +18,8 @@ def evaluate_cmd(
                                                   "runs (evaluated as an ensemble), then the data source."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: the run / ensemble folder)."),
     split: str = typer.Option("test", help="Split to report on: test, valid, train or all."),
-    tune_split: str = typer.Option("valid", help="Split to tune decision thresholds on, or none."),
+    tune_split: str = typer.Option("auto", help="Split to tune decision thresholds on, none, or auto (valid "
+                                   "when it holds >= 10 people)."),
     tune_metric: str = typer.Option("balanced_accuracy", help="Thresholds maximise: balanced_accuracy, accuracy, f1."),
     save_thresholds: bool = typer.Option(True, "--save-thresholds/--no-save-thresholds",
                                          help="Write tuned thresholds into bundle/bundle.json."),
