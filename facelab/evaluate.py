@@ -348,7 +348,8 @@ def _tune(task: Task, probs: np.ndarray, targets: np.ndarray, config: EvaluateCo
         return task, {"tuned": False, "why": "multiclass decisions are argmax (no threshold)"}
     if not len(probs):
         return task, {"tuned": False, "thresholds": list(task.thresholds),
-                      "why": "no split broad enough to tune on (see the log)" if config.tune_split == "auto"
+                      "why": "no valid split broad enough to tune on (10+ people); --tune-split valid tunes anyway"
+                      if config.tune_split == "auto"
                       else f"no {config.tune_split!r} split in the data to tune on"}
     new = M.tune_thresholds(task, probs, targets, config.tune_metric)
     return task.with_thresholds(new), {

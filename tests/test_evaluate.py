@@ -186,7 +186,10 @@ def test_cli_evaluate_and_compare(binary_run: Path, orl_run: Path, celeba_mini: 
     run = _copy_run(binary_run, tmp_path)
     r = CliRunner().invoke(app, ["evaluate", str(run), str(celeba_mini), "--top-k", "4"])
     assert r.exit_code == 0, r.output
-    assert "accuracy" in r.output and "saved to" in r.output and (run / "report.html").is_file()
+    assert "balanced accuracy" in r.output and "thresholds not tuned: no valid split broad enough" in r.output
+    r = CliRunner().invoke(app, ["evaluate", str(run), str(celeba_mini), "--top-k", "4", "--tune-split", "valid"])
+    assert r.exit_code == 0, r.output
+    assert "saved to" in r.output and (run / "report.html").is_file()
     r = CliRunner().invoke(app, ["compare", str(run), str(orl_run), "--out", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
     assert run.name in r.output

@@ -44,6 +44,8 @@ def evaluate_cmd(
         typer.echo(f"thresholds tuned on {t['split']} ({t['metric']}): "
                    + ", ".join(f"{v:.2f}" for v in t["thresholds"])
                    + (f" -> saved to {', '.join(t['saved_to'])}" if t.get("saved_to") else ""))
+    elif t.get("why"):
+        typer.echo(f"thresholds not tuned: {t['why']}")
     for col, sg in result.metrics["subgroups"].items():
         groups = ", ".join(f"{g} {r['accuracy']:.3f} (n={r['n']})" for g, r in sg["groups"].items())
         typer.echo(f"subgroup {col}: {groups}; worst - best {sg['gap']:+.3f}")
