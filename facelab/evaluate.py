@@ -242,12 +242,15 @@ def evaluate(run: str | Path | Sequence[str | Path], data: str | Path, out: str 
     if len(table) == 0:
         raise DataError(f"{data}: no usable face in any photo (face preparation dropped all {n_source})")
     targets = task_targets(table, task)
-    eval_rows, tune_rows, train_rows = _split_rows(table, task, config, _held_out_rows(table, task, members[0], data))
+    tune_split = _tune_split(table, config)
+    eval_rows, tune_rows, train_rows = _split_rows(table, task, config, tune_split,
+                                                   _held_out_rows(table, task, members[0], data))
     probs_all = predict_table(predictors, table.subset(np.concatenate([eval_rows, tune_rows])),
                               config.batch_size, config.progress)
     member_probs = probs_all[:, :len(eval_rows)]
     probs, y = member_probs.mean(0), targets[eval_rows]
-    tuned_task, thresholds = _tune(task, probs_all[:, len(eval_rows):].mean(0), targets[tune_rows], config)
+    tuned_task, thresholds = _tune(task, probs_all[:, len(eval_rows):].mean(0), targets[tune_rows], config,
+                                   tune_split)
     train_y = targets[train_rows] if len(train_rows) else None
     metrics = M.evaluate_predictions(tuned_task, probs, y, train_y, config.bins)
     if thresholds.get("tuned"):
@@ -303,7 +306,7 @@ def _held_out_rows(table: SampleTable, task: Task, run: Path, data: str | Path) 
     return valid
 
 
-def _split_rows(table: SampleTable, task: Task, config: EvaluateConfig,
+def _split_rows(table: SampleTable, task: Task, config: EvaluateConfig, tune_split: str | None,
                 held_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices to report on, to tune thresholds on, and of the training split."""
     splits = np.array([s or "" for s in table.splits])
@@ -317,7 +320,6 @@ def _split_rows(table: SampleTable, task: Task, config: EvaluateConfig,
     if not len(eval_rows):
         raise DataError(f"{table.root}: no photos in the {config.split!r} split; choose another with "
                         f"--split ({', '.join(sorted(set(splits) - {''}))}) or --split all")
-    tune_split = _tune_split(table, splits, config)
     tune = tune_split is not None and task.kind != "multiclass" and tune_split != config.split
     tune_rows = np.flatnonzero(splits == tune_split) if tune else np.zeros(0, np.int64)
     return eval_rows, tune_rows, np.flatnonzero(splits == "train")
@@ -328,12 +330,12 @@ MIN_TUNE_PEOPLE = 10
 MIN_TUNE_PHOTOS = 200
 
 
-def _tune_split(table: SampleTable, splits: np.ndarray, config: EvaluateConfig) -> str | None:
+def _tune_split(table: SampleTable, config: EvaluateConfig) -> str | None:
     """The split to tune thresholds on: as asked, or for ``auto`` the valid split when it is
     broad enough that thresholds fitted on it carry over to new people."""
     if config.tune_split != "auto":
         return config.tune_split
-    rows = np.flatnonzero(splits == "valid")
+    rows = [i for i, s in enumerate(table.splits) if s == "valid"]
     people = {table.identities[i] for i in rows} - {None}
     broad = len(people) >= MIN_TUNE_PEOPLE if people else len(rows) >= MIN_TUNE_PHOTOS
     if len(rows) and not broad:
@@ -343,17 +345,20 @@ def _tune_split(table: SampleTable, splits: np.ndarray, config: EvaluateConfig) 
     return "valid" if len(rows) and broad else None
 
 
-def _tune(task: Task, probs: np.ndarray, targets: np.ndarray, config: EvaluateConfig) -> tuple[Task, dict]:
+def _tune(task: Task, probs: np.ndarray, targets: np.ndarray, config: EvaluateConfig,
+          split: str | None) -> tuple[Task, dict]:
+    """Thresholds tuned on ``split`` (``config.tune_split`` resolved by :func:`_tune_split`)."""
     if task.kind == "multiclass":
         return task, {"tuned": False, "why": "multiclass decisions are argmax (no threshold)"}
     if not len(probs):
         return task, {"tuned": False, "thresholds": list(task.thresholds),
-                      "why": "no valid split broad enough to tune on (10+ people); --tune-split valid tunes anyway"
+                      "why": f"no valid split broad enough to tune on ({MIN_TUNE_PEOPLE}+ people); --tune-split "
+                             f"valid tunes anyway"
                       if config.tune_split == "auto"
                       else f"no {config.tune_split!r} split in the data to tune on"}
     new = M.tune_thresholds(task, probs, targets, config.tune_metric)
     return task.with_thresholds(new), {
-        "tuned": True, "split": config.tune_split, "metric": config.tune_metric, "n": int(len(probs)),
+        "tuned": True, "split": split, "metric": config.tune_metric, "n": int(len(probs)),
         "before": list(task.thresholds), "thresholds": list(new)}
 
 
