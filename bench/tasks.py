@@ -189,15 +189,17 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def score(task: Any, probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Balanced accuracy, accuracy, ROC-AUC and the best constant answer's scores (mean over
-    labels for multi-label)."""
-    from facelab import metrics as M
-
-    m = M.evaluate_predictions(task, probs, y)
-    return {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"], "auc": m["auc"],
-            "constant_accuracy": m["baseline"]["accuracy"], "constant_balanced_accuracy": m["baseline"]["balanced_accuracy"],
-            "n": m["n"]}
+def headline(m: dict[str, Any]) -> dict[str, Any]:
+    """The suite's numbers out of an ``evaluate_predictions`` / ``facelab.evaluate`` metrics dict:
+    balanced accuracy, accuracy, ROC-AUC and the best constant answer's scores (means over
+    labels for multi-label), plus the per-attribute balanced accuracy and AUC."""
+    out = {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"], "auc": m["auc"],
+           "constant_accuracy": m["baseline"]["accuracy"],
+           "constant_balanced_accuracy": m["baseline"]["balanced_accuracy"], "n": m["n"]}
+    if m.get("per_attribute"):
+        out["per_attribute"] = {n: {"balanced_accuracy": a["balanced_accuracy"], "auc": a["auc"]}
+                                for n, a in m["per_attribute"].items()}
+    return out
 
 
 def run_facelab(td: TaskData, options: dict[str, Any], out: Path, label: str) -> dict[str, Any]:
@@ -213,14 +215,7 @@ def run_facelab(td: TaskData, options: dict[str, Any], out: Path, label: str) ->
         split = td.test_split if src == td.train else None
         result = facelab.evaluate(run, src, out=out / f"{label}-eval-{len(scores)}",
                                   config=EvaluateConfig(split=split, save_thresholds=False, progress=False))
-        m = result.metrics
-        scores[test_name] = {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"], "auc": m["auc"],
-                             "constant_accuracy": m["baseline"]["accuracy"],
-                             "constant_balanced_accuracy": m["baseline"]["balanced_accuracy"], "n": m["n"],
-                             "weak_labels": sorted(m.get("weak_labels", {}))}
-        if m.get("per_attribute"):
-            scores[test_name]["per_attribute"] = {n: {"balanced_accuracy": a["balanced_accuracy"], "auc": a["auc"]}
-                                                  for n, a in m["per_attribute"].items()}
+        scores[test_name] = {**headline(result.metrics), "weak_labels": sorted(result.metrics.get("weak_labels", {}))}
     bundle = json.loads((Path(run) / "bundle" / "bundle.json").read_text()) if (Path(run) / "bundle").is_dir() else {}
     history = (Path(run) / "metrics.csv").read_text().splitlines() if (Path(run) / "metrics.csv").is_file() else []
     cfg_file = Path(run) / "config.json"
@@ -292,7 +287,9 @@ def run_fastai(td: TaskData, model: str, size: int, epochs: int, batch: int, out
         probs = probs.numpy()
         if not multi:  # fastai's vocab order is task.labels (sorted class names)
             assert list(dls.vocab) == list(task.labels), (list(dls.vocab), task.labels)
-        scores[test_name] = score(task, probs, yt)
+        from facelab import metrics as M
+
+        scores[test_name] = headline(M.evaluate_predictions(task, probs, yt))
     return {"tool": "fastai", "config": f"{model}@{size} fine_tune({epochs}) bs {batch}", "train_cpu_min": train_cpu / 60,
             "train_wall_s": train_wall, "scores": scores}
 

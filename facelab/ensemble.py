@@ -49,6 +49,7 @@ class EnsemblePredictor:
         self.labels = list(self.task.labels)
         self.bundle = {**first.bundle, "task": self.task.to_dict()}
         self.backend = f"ensemble of {len(members)} ({getattr(first, 'backend', 'torch')})"
+        self._pipeline: Any = None  # built on first predict_image, like TorchPredictor's
 
     def predict_crops_spread(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Crops -> (mean probabilities, standard deviation across members), both (N, L)."""
@@ -62,8 +63,10 @@ class EnsemblePredictor:
         from facelab.images import read_image
         from facelab.prepare import FacePipeline
 
+        if self._pipeline is None:
+            self._pipeline = FacePipeline(self.bundle.get("prepare"))
         rgb = read_image(image) if isinstance(image, (str, Path)) else np.asarray(image)
-        faces = FacePipeline(self.bundle.get("prepare")).process(rgb)
+        faces = self._pipeline.process(rgb)
         mean, spread = self.predict_crops_spread([f.crop for f in faces])
         return [FacePrediction(f.face, p, f.crop, s) for f, p, s in zip(faces, mean, spread)]
 

@@ -29,6 +29,7 @@ from facelab._io import read_json, save_torch, write_json, write_text
 from facelab.augment import PRESETS, AugmentConfig, augment_batch, get_preset
 from facelab.bundle import BUNDLE_DIR, make_bundle, resize_crops, save_bundle
 from facelab.data import DataError, SampleTable, load_source
+from facelab.metrics import balanced_accuracy, confusion_matrix
 from facelab.models import backbone_parameters, classifier_parameters, create_model, get_spec
 from facelab.tasks import Task, infer_task, targets_from_table
 
@@ -169,6 +170,10 @@ class TrainConfig:
             if self.pretrained is None:
                 self.pretrained = not spec.scratch
         get_preset(self.augment, **self.augment_options)
+
+    @property
+    def resolved_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def run_dir(self) -> Path:
@@ -343,8 +348,7 @@ def load_data(config: TrainConfig, size: int) -> Data:
     task = infer_task(table, config.task)
     table = without_test_split(table)
     table, groups = group_people(table, task, prep, config)
-    split_seed = config.seed if config.split_seed is None else config.split_seed
-    train, valid, how = split_indices(table, task, config.valid_fraction, split_seed)
+    train, valid, how = split_indices(table, task, config.valid_fraction, config.resolved_split_seed)
     if len(train) < 2 or len(valid) < 1:
         raise DataError(f"{table.root}: too few photos to train ({len(train)} train, {len(valid)} valid)")
     y = torch.from_numpy(targets_from_table(table, task))
@@ -618,17 +622,10 @@ def evaluate_epoch(model: nn.Module, data: Data, loss_fn: nn.Module, rt: Runtime
     y = data.valid_y.numpy()
     if data.task.kind == "multilabel":
         per = (decided == y).mean(axis=0)
-        balanced = [_balanced(y[:, j], decided[:, j]) for j in range(y.shape[1])]
+        balanced = [balanced_accuracy(confusion_matrix(y[:, j], decided[:, j], 2)) for j in range(y.shape[1])]
         return {"valid_loss": loss, "accuracy": float(per.mean()), "balanced_accuracy": float(np.mean(balanced)),
                 "per_label": {n: float(a) for n, a in zip(data.task.labels, per)}}
-    return {"valid_loss": loss, "accuracy": float((decided == y).mean()), "balanced_accuracy": _balanced(y, decided)}
-
-
-def _balanced(y: np.ndarray, decided: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y`` (a constant answer scores 1 / #classes
-    present; one class present: plain accuracy)."""
-    classes = np.unique(y)
-    return float(np.mean([(decided[y == c] == c).mean() for c in classes])) if len(classes) else float("nan")
+    return {"valid_loss": loss, "accuracy": float((decided == y).mean()), "balanced_accuracy": balanced_accuracy(confusion_matrix(y, decided, len(data.task.labels)))}
 
 
 # --------------------------------------------------------------------------- phases, optimiser
@@ -833,9 +830,8 @@ def train_ensemble(config: TrainConfig) -> Path:
     split at random each would leave no photo that no member trained on."""
     root = config.run_dir
     members = []
-    split_seed = config.seed if config.split_seed is None else config.split_seed
     for i in range(config.ensemble):
-        member = replace(config, ensemble=1, seed=config.seed + i, split_seed=split_seed, out=str(root),
+        member = replace(config, ensemble=1, seed=config.seed + i, split_seed=config.resolved_split_seed, out=str(root),
                          name=f"m{i}")
         log.info("ensemble member %d/%d (seed %d)", i + 1, config.ensemble, member.seed)
         _train_single(member)
