@@ -266,9 +266,10 @@ def evaluate(run: str | Path | Sequence[str | Path], data: str | Path, out: str 
     if len(members) > 1:
         metrics["ensemble"] = _ensemble_stats(tuned_task, member_probs, y, members)
     files = write_outputs(out, tuned_task, metrics, eval_table, member_probs, y, config)
-    result = EvalResult(out, metrics, files)
-    log.info("%s", result.summary())
-    return result
+    # the summary (several lines once weak labels are named) is the caller's to show:
+    # `facelab evaluate` and `make demo` print it, the API returns it; logging it here too
+    # printed every line twice
+    return EvalResult(out, metrics, files)
 
 
 def _default_out(members: Sequence[Path], ensemble_dir: Path | None) -> Path:
