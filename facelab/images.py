@@ -20,6 +20,32 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 80_000_000
 
 
+#: Formats an upload may be in (``decode_image(..., formats=UPLOAD_FORMATS)``): checked from the
+#: file's first bytes before Pillow opens it, so no other decoder (EPS, TGA, JPEG 2000, ...)
+#: is ever reached. GIF gives its first frame. TIFF is left out: libtiff's many codecs are
+#: a large attack surface for a format no camera or browser sends.
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "JPEG"), (0, b"\x89PNG\r\n\x1a\n", "PNG"), (8, b"WEBP", "WEBP"),
+    (0, b"BM", "BMP"), (0, b"GIF87a", "GIF"), (0, b"GIF89a", "GIF"),
+    (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"), (0, b"%!PS", "EPS"), (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (0, b"%PDF", "PDF"), (0, b"\x00\x00\x00\x0cjP  ", "JPEG2000"), (0, b"\xff\x4f\xff\x51", "JPEG2000"),
+    (4, b"ftypheic", "HEIC"), (4, b"ftypavif", "AVIF"), (0, b"\x01\xda", "SGI"), (0, b"8BPS", "PSD"),
+    (0, b"\x00\x00\x01\x00", "ICO"), (0, b"qoif", "QOI"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by ``data``'s magic bytes (``"JPEG"``, ``"PNG"``, ...), or None.
+
+    Only a format's fixed signature is read; nothing is decoded. WebP needs its RIFF header too."""
+    for offset, magic, fmt in _MAGIC:
+        if data[offset:offset + len(magic)] == magic and (fmt != "WEBP" or data[:4] == b"RIFF"):
+            return fmt
+    return None
+
+
 class ImageError(ValueError):
     """A photo could not be read. ``path`` is the file, ``reason`` a short cause (for reports)."""
 
@@ -53,20 +79,27 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXELS, min_side: int = 0,
-                 return_full_size: bool = False) -> np.ndarray | tuple[np.ndarray, tuple[int, int]]:
+                 return_full_size: bool = False, formats: tuple[str, ...] | None = None,
+                 ) -> np.ndarray | tuple[np.ndarray, tuple[int, int]]:
     """Decode image bytes (an upload, a file's content) like :func:`read_image`.
 
     ``min_side`` > 0 lets a JPEG decode at a reduced DCT scale (1/2, 1/4, 1/8: several
     times faster) as long as its longest side stays >= ``min_side``; other formats decode
     in full. With ``return_full_size`` the result is ``(rgb, (width, height))`` of the
     full-resolution image, so coordinates can be mapped back to it.
+
+    ``formats`` (e.g. :data:`UPLOAD_FORMATS`) restricts decoding to those formats: the
+    magic bytes are checked first (an ImageError whose reason starts with ``unsupported
+    format`` or ``not an image`` otherwise), and Pillow is asked for those decoders alone.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise ImageError(name, "empty file (0 bytes)", "re-copy or re-download it")
+    if formats is not None:
+        formats = (_check_format(data, name, formats),)  # that format's decoder alone
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=formats) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(name, f"too large ({w}x{h} = {w * h / 1e6:.0f} Mpx, limit "
@@ -91,6 +124,16 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXEL
     if rgb.size == 0:
         raise ImageError(name, "image has no pixels")
     return (rgb, (w, h)) if return_full_size else rgb
+
+
+def _check_format(data: bytes, name: str, formats: tuple[str, ...]) -> str:
+    found = sniff_format(data)
+    allowed = ", ".join(formats)
+    if found is None:
+        raise ImageError(name, "not an image (unknown or corrupt format)", f"send one of: {allowed}")
+    if found not in formats:
+        raise ImageError(name, f"unsupported format {found}", f"send one of: {allowed}")
+    return found
 
 
 def _to_rgb(img) -> np.ndarray:  # noqa: ANN001 - PIL.Image.Image

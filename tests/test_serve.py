@@ -186,8 +186,8 @@ def test_websocket_stream(server: tuple[str, Path], photos: list[Path], celeba_r
 
     url, _ = server
     name = _model_names([celeba_run])[0]
-    ws_url = url.replace("http://", "ws://") + f"/api/stream?models={name}&api_key={KEY}"
-    with ws_client.connect(ws_url, max_size=None) as ws:
+    ws_url = url.replace("http://", "ws://") + f"/api/stream?models={name}"
+    with ws_client.connect(ws_url, additional_headers={"X-API-Key": KEY}, max_size=None) as ws:
         for photo in photos[:3]:
             ws.send(photo.read_bytes())
             answer = json.loads(ws.recv(timeout=60))

@@ -1,18 +1,24 @@
 """The FastAPI app of ``facelab serve``: JSON API, WebSocket stream, and the web page.
 
 Routes: ``POST /api/predict`` (an image -> faces with per-model predictions),
-``GET /api/models``, ``WS /api/stream`` (live video frames), ``GET /healthz``, ``/docs``,
-and the page at ``/`` (static files in ``facelab/serve/static``, no CDN).
+``GET /api/models``, ``WS /api/stream`` (live video frames), ``GET /healthz``, ``/docs``
+(a plain page built from the OpenAPI schema, no scripts), and the page at ``/`` (static
+files in ``facelab/serve/static``, no CDN).
 
-Work per request: decoding, face detection and alignment run in a thread pool (never on
-the event loop); the crops then go to each model's :class:`MicroBatcher`, which joins the
-crops of concurrent requests into one model call. Uploads are read into memory with a
-size cap and never written to disk.
+Work per request: multipart parsing, decoding, face detection and alignment run in a
+thread pool (never on the event loop); the crops then go to each model's
+:class:`MicroBatcher`, which joins the crops of concurrent requests into one model call.
+Uploads are read into memory with a size cap and never written to disk; only the formats
+of :data:`facelab.images.UPLOAD_FORMATS` are decoded (checked from their magic bytes).
+Connections are watched by :mod:`facelab.serve.guard` (slow and idle clients), and API
+keys never travel in URLs (:func:`check_key`, :mod:`facelab.serve.logs`).
 """
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -51,7 +57,9 @@ class ServeConfig:
     """Seconds a request may take, upload included (504 ``timeout`` after). Its queued
     detection and its crops waiting for a batch are then dropped, not computed."""
     api_key: str | None = None
-    """When set, ``/api/*`` needs header ``X-API-Key`` (WebSocket: ``?api_key=``)."""
+    """When set, ``/api/*`` needs it in header ``X-API-Key`` or ``Authorization: Bearer``
+    (WebSocket: those headers, or the subprotocol ``facelab.key.<base64url of the key>``).
+    A key in a URL is refused. An empty key is an error, not "authentication off"."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the API from other sites; empty = CORS off."""
     max_batch: int = 32
@@ -71,6 +79,26 @@ class ServeConfig:
     """Requests (HTTP and WebSocket streams) handled at once; one more gets a JSON 503
     ``busy`` with ``Retry-After`` (a stream is closed with code 1013, "try again later").
     ``/healthz`` is never refused, so a monitor can tell busy from dead."""
+    header_timeout: float = 10.0
+    """Seconds a client has to send a whole request head (from connecting, or from the
+    first byte of its next request on a keep-alive connection); then a 408 and the
+    connection is closed (slow-loris)."""
+    body_timeout: float = 10.0
+    """Longest pause in seconds between two pieces of a request body the server is
+    waiting for; then the connection is closed (a slow upload as a whole is bounded by
+    ``request_timeout``)."""
+    keep_alive_timeout: int = 10
+    """Seconds an idle keep-alive connection stays open between two requests."""
+    max_idle_connections: int = 128
+    """Connections per server process without a request in progress (just opened, still
+    sending a request head, or keep-alive) kept at once; one more closes the oldest idle
+    one, never-served connections first, so an idle-connection flood evicts itself."""
+    max_header_bytes: int = 32 * 1024
+    """Largest request head (request line + headers) in bytes; 431 above."""
+    max_form_parts: int = 8
+    """Most parts in a multipart upload (a photo form has one or two); 413 above."""
+    max_part_header_bytes: int = 4096
+    """Largest headers of one multipart part in bytes; 413 above."""
 
     def __post_init__(self) -> None:
         from facelab.predict import BACKENDS
@@ -79,15 +107,53 @@ class ServeConfig:
             raise ValueError("serve needs at least one run folder")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
-        for name in ("max_upload_bytes", "max_pixels", "max_batch", "max_faces", "max_in_flight"):
+        for name in ("max_upload_bytes", "max_pixels", "max_batch", "max_faces", "max_in_flight",
+                     "keep_alive_timeout", "max_idle_connections", "max_header_bytes", "max_form_parts",
+                     "max_part_header_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.request_timeout <= 0:
-            raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
+        for name in ("request_timeout", "header_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.threads < 0 or self.model_threads < 0:
             raise ValueError("max_wait_ms, threads and model_threads must be >= 0")
         if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("api_key is empty; leave it unset to turn authentication off")
+            raise ValueError("the API key is empty (--api-key '' or FACELAB_API_KEY=); give a real key, "
+                             "or unset it to run without authentication")
+
+    def guard_limits(self) -> Any:
+        from facelab.serve.guard import GuardLimits
+
+        return GuardLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
+                           max_idle=self.max_idle_connections, max_header_bytes=self.max_header_bytes)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """The API key, kept only as a salted SHA-256 digest: that is all ``--workers``
+    processes get (in their environment), never the key itself."""
+
+    salt: bytes
+    digest: bytes
+
+    @classmethod
+    def of(cls, key: str) -> "ApiKey":
+        salt = os.urandom(16)
+        return cls(salt, hashlib.sha256(salt + key.encode()).digest())
+
+    def matches(self, given: str | None) -> bool:
+        """Constant-time comparison of the digests."""
+        if not given:
+            return False
+        return hmac.compare_digest(hashlib.sha256(self.salt + given.encode()).digest(), self.digest)
+
+    def encode(self) -> str:
+        return f"{self.salt.hex()}:{self.digest.hex()}"
+
+    @classmethod
+    def decode(cls, text: str) -> "ApiKey":
+        salt, digest = text.split(":")
+        return cls(bytes.fromhex(salt), bytes.fromhex(digest))
 
 
 class ApiError(Exception):
@@ -116,7 +182,7 @@ class LoadedModel:
         from facelab.predict import backend_of
 
         b = self.predictor.bundle
-        return {"name": self.name, "run": self.run, "backend": backend_of(self.predictor),
+        return {"name": self.name, "backend": backend_of(self.predictor),
                 "task": self.predictor.task.to_dict(), "input_size": b["input"]["size"],
                 "detector": b.get("prepare", {}).get("detector"), "batching": self.batcher.stats.to_dict()}
 
@@ -126,6 +192,8 @@ class Service:
     """Everything a request needs: models, pools, per-thread face pipelines."""
 
     config: ServeConfig
+    key: ApiKey | None = None
+    """The API key's digest (None: no authentication)."""
     models: dict[str, LoadedModel] = field(default_factory=dict)
     cpu_pool: ThreadPoolExecutor | None = None
     model_pool: ThreadPoolExecutor | None = None
@@ -193,10 +261,10 @@ class Service:
 
     # ------------------------------------------------------------------ one image
     def _decode_and_detect(self, data: bytes, digests: list[str]) -> tuple[tuple[int, int], dict[str, list]]:
-        from facelab.images import ImageError, decode_image
+        from facelab.images import UPLOAD_FORMATS, ImageError, decode_image
 
         try:
-            rgb = decode_image(data, name="upload", max_pixels=self.config.max_pixels)
+            rgb = decode_image(data, name="upload", max_pixels=self.config.max_pixels, formats=UPLOAD_FORMATS)
         except ImageError as exc:
             raise _image_error(exc) from None
         found = {d: self.pipeline(d).process(rgb)[: self.config.max_faces] for d in digests}
@@ -264,38 +332,60 @@ def _iou(a: Any, b: Any) -> float:
     return inter / union if union > 0 else 0.0
 
 
+ACCEPTED = "JPEG, PNG, WebP, BMP or GIF (first frame)"
+"""The upload formats in words (:data:`facelab.images.UPLOAD_FORMATS`)."""
+
+
 def _image_error(exc: Any) -> ApiError:
     if exc.reason.startswith("too large"):
         return ApiError(413, "image_too_large", f"image {exc.reason}")
+    if exc.reason.startswith("unsupported format"):
+        return ApiError(415, "unsupported_format", f"the upload is in an {exc.reason}; send a {ACCEPTED} photo")
     if exc.reason.startswith("not an image") or exc.reason.startswith("empty"):
-        return ApiError(415, "not_an_image", f"the upload is {exc.reason}; send a JPEG, PNG or WebP photo")
+        return ApiError(415, "not_an_image", f"the upload is {exc.reason}; send a {ACCEPTED} photo")
     return ApiError(400, "bad_image", f"the upload could not be decoded: {exc.reason}")
 
 
-def _too_large(n: int, limit: int) -> ApiError:
-    return ApiError(413, "upload_too_large", f"upload of {n} bytes is larger than the limit of {limit} bytes")
+FORM_OVERHEAD = 64 * 1024
+"""Bytes a multipart body may carry beyond ``max_upload_bytes`` (boundaries, part headers):
+the limit quoted is always ``max_upload_bytes``."""
+
+
+def _too_large(n: int, limit: int, more: bool = False) -> ApiError:
+    size = f"more than {limit} bytes" if more else f"{n} bytes"
+    return ApiError(413, "upload_too_large", f"the upload ({size}) is larger than the server's limit of "
+                                             f"{limit} bytes ({limit / 2 ** 20:g} MB, --max-upload-mb)")
 
 
 # --------------------------------------------------------------------------- uploads
 
 async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (in memory)."""
+    """The request body, refused with 413 as soon as it passes ``limit`` + the form
+    overhead allowance (in memory); the message quotes ``limit``."""
+    from starlette.requests import ClientDisconnect
+
+    cap = limit + FORM_OVERHEAD
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isdigit() and int(declared) > cap:
         raise _too_large(int(declared), limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise _too_large(size, limit, more=True)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "disconnected", "the client went away before its upload was complete") from None
     return b"".join(chunks)
 
 
-def image_from_request(body: bytes, content_type: str) -> bytes:
-    """The image bytes of a multipart form (field ``image`` or the first file) or a raw body."""
+def image_from_request(body: bytes, content_type: str, max_parts: int = 8,
+                       max_part_header_bytes: int = 4096) -> bytes:
+    """The image bytes of a multipart form (field ``image`` or the first file) or a raw
+    body. CPU-bound for a form: call it in a worker thread, not on the event loop."""
     if content_type.startswith("multipart/form-data"):
-        parts = parse_multipart(body, content_type)
+        parts = parse_multipart(body, content_type, max_parts, max_part_header_bytes)
         for name, filename, data in parts:
             if name == "image" or filename:
                 return data
@@ -306,8 +396,18 @@ def image_from_request(body: bytes, content_type: str) -> bytes:
     return body
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str, bytes]]:
-    """(field name, filename, data) of every part, parsed in memory (never spooled to disk)."""
+class _FormLimit(Exception):
+    """Raised inside the multipart parser's callbacks to stop at a limit."""
+
+    def __init__(self, error: ApiError) -> None:
+        self.error = error
+
+
+def parse_multipart(body: bytes, content_type: str, max_parts: int = 8,
+                    max_part_header_bytes: int = 4096) -> list[tuple[str, str, bytes]]:
+    """(field name, filename, data) of every part, parsed in memory (never spooled to
+    disk). Stops with a 413 at the ``max_parts + 1``-th part, or when one part's headers
+    pass ``max_part_header_bytes``."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     _, params = parse_options_header(content_type)
@@ -316,6 +416,19 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str, byte
         raise ApiError(400, "bad_form", "multipart upload without a boundary")
     parts: list[tuple[str, str, bytes]] = []
     cur: dict[str, Any] = {}
+
+    def part_begin() -> None:
+        if len(parts) >= max_parts:
+            raise _FormLimit(ApiError(413, "too_many_parts", f"the form has more than {max_parts} parts "
+                                      "(--max-form-parts); send the photo in one field named 'image'"))
+        cur.update(headers={}, data=bytearray(), field=bytearray(), value=bytearray(), header_bytes=0)
+
+    def header_bytes(target: str, d: bytes, s: int, e: int) -> None:
+        cur["header_bytes"] += e - s
+        if cur["header_bytes"] > max_part_header_bytes:
+            raise _FormLimit(ApiError(413, "part_header_too_large", f"a form part's headers are larger than "
+                                      f"{max_part_header_bytes} bytes (--max-part-header-bytes)"))
+        cur[target].extend(d[s:e])
 
     def header_end() -> None:
         cur["headers"][bytes(cur["field"]).lower()] = bytes(cur["value"])
@@ -327,9 +440,9 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str, byte
                       disp.get(b"filename", b"").decode(errors="replace"), bytes(cur["data"])))
 
     callbacks = {
-        "on_part_begin": lambda: cur.update(headers={}, data=bytearray(), field=bytearray(), value=bytearray()),
-        "on_header_field": lambda d, s, e: cur["field"].extend(d[s:e]),
-        "on_header_value": lambda d, s, e: cur["value"].extend(d[s:e]),
+        "on_part_begin": part_begin,
+        "on_header_field": lambda d, s, e: header_bytes("field", d, s, e),
+        "on_header_value": lambda d, s, e: header_bytes("value", d, s, e),
         "on_header_end": header_end,
         "on_part_data": lambda d, s, e: cur["data"].extend(d[s:e]),
         "on_part_end": part_end,
@@ -338,6 +451,8 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str, byte
         parser = MultipartParser(boundary, callbacks)
         parser.write(body)
         parser.finalize()
+    except _FormLimit as exc:
+        raise exc.error from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is the client's malformed form
         raise ApiError(400, "bad_form", f"malformed multipart form ({exc})") from None
     return parts
@@ -348,7 +463,7 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str, byte
 class _InFlightLimit:
     """ASGI middleware: at most ``limit`` requests at once, the next answered at once with
     a JSON 503 (uvicorn's own ``limit_concurrency`` answers plain text and counts idle
-    keep-alive connections too, so it is left as a looser last guard; see :func:`serve`)."""
+    connections too, so it is off; idle connections are :mod:`facelab.serve.guard`'s job)."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit, self.active = app, limit, 0
@@ -370,7 +485,7 @@ class _InFlightLimit:
         log.warning("busy: %d requests in flight (--max-connections); refused %s", self.active, scope.get("path"))
         if scope["type"] == "websocket":  # accept, then close: a close code reaches the client
             await receive()  # websocket.connect
-            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.accept", "subprotocol": _ws_subprotocol(scope)})
             await send({"type": "websocket.close", "code": 1013, "reason": "server busy, try again later"})
             return
         from fastapi.responses import JSONResponse
@@ -380,17 +495,73 @@ class _InFlightLimit:
         await JSONResponse(error.body(), status_code=error.status, headers={"Retry-After": "1"})(scope, receive, send)
 
 
-def create_app(config: ServeConfig) -> Any:
-    """The FastAPI application (models load in its lifespan)."""
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+       "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+       "form-action 'self'; frame-ancestors 'none'")
+"""The page's Content-Security-Policy: its own scripts, styles and API only (no inline
+script or style, no other site, not framed)."""
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"), (b"content-security-policy", CSP.encode()),
+                    (b"cross-origin-opener-policy", b"same-origin")]
+
+
+class _SecurityHeaders:
+    """ASGI middleware: security headers on every answer; ``Cache-Control: no-store`` on
+    ``/api/*`` (answers describe faces: no cache may keep them)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = SECURITY_HEADERS + ([(b"cache-control", b"no-store")] if scope["path"].startswith("/api/") else [])
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                have = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *(h for h in extra if h[0] not in have)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _docs_page(app: Any) -> str:
+    """``/docs``: the routes from the OpenAPI schema as plain HTML (no scripts, no CDN)."""
+    from html import escape
+
+    rows = []
+    for path, ops in app.openapi()["paths"].items():
+        for method, op in ops.items():
+            params = ", ".join(p["name"] for p in op.get("parameters", []))
+            rows.append(f"<tr><td><code>{method.upper()} {escape(path)}</code></td><td>{escape(params)}</td>"
+                        f"<td>{escape(op.get('summary', ''))}: {escape(op.get('description', ''))}</td></tr>")
+    rows.append("<tr><td><code>WS /api/stream?models=a,b</code></td><td>models</td><td>Live video: JPEG "
+                "frames as binary messages, one JSON answer each; key in the X-API-Key header or the "
+                "subprotocol facelab.key.&lt;base64url key&gt;</td></tr>")
+    return ("<!doctype html><html lang=en><meta charset=utf-8><title>facelab API</title>"
+            "<link rel=stylesheet href=/static/style.css><body class=docs><h1>facelab API</h1>"
+            "<p>The OpenAPI schema: <a href=/openapi.json>/openapi.json</a>. "
+            "Routes under /api need the API key when the server has one.</p>"
+            "<table><tr><th>route</th><th>parameters</th><th>what</th></tr>" + "".join(rows) + "</table></body></html>")
+
+
+def create_app(config: ServeConfig, key: ApiKey | None = None) -> Any:
+    """The FastAPI application (models load in its lifespan). ``key``: the API key's
+    digest when ``config.api_key`` is not given (``--workers`` processes)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
     from facelab import __version__
+    from facelab.serve import guard
 
-    service = Service(config)
+    service = Service(config, key=ApiKey.of(config.api_key) if config.api_key else key)
+    guard.configure(config.guard_limits())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -400,7 +571,7 @@ def create_app(config: ServeConfig) -> Any:
         yield
         await service.stop()
 
-    app = FastAPI(title="facelab", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="facelab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Face classifiers trained with facelab: upload a photo, get every face "
                               "with each model's probabilities.")
     app.state.service = service
@@ -423,13 +594,18 @@ def create_app(config: ServeConfig) -> Any:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(_docs_page(app))
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Content-Type"])
-    app.add_middleware(_InFlightLimit, limit=config.max_in_flight)  # outermost: refuses before any work
+    app.add_middleware(_InFlightLimit, limit=config.max_in_flight)  # refuses before any work
+    app.add_middleware(_SecurityHeaders)  # outermost: every answer gets the headers, 503s too
     return app
 
 
@@ -449,15 +625,18 @@ def api_router() -> Any:
     @router.get("/healthz", tags=["service"])
     async def healthz(request: Request) -> dict[str, Any]:
         """Liveness: which models are loaded and how batching went so far."""
+        from facelab.serve import guard
+
         service = service_of(request)
         return {"status": "ok", "models": list(service.models),
-                "batching": {n: m.batcher.stats.to_dict() for n, m in service.models.items()}}
+                "batching": {n: m.batcher.stats.to_dict() for n, m in service.models.items()},
+                "connections": guard.current().to_dict()}
 
     @router.get("/api/models", tags=["predict"])
     async def models(request: Request) -> dict[str, Any]:
         """The loaded models: task, labels, thresholds, backend, input size, detector."""
         service = service_of(request)
-        check_key(service.config, _key_of(request))
+        check_key(service.key, _key_of(request))
         return {"models": [m.info() for m in service.models.values()]}
 
     @router.post("/api/predict", tags=["predict"], openapi_extra=upload_doc)
@@ -466,12 +645,16 @@ def api_router() -> Any:
         """A photo (multipart field ``image``, or the raw body) -> every face with its box,
         landmarks and each selected model's probabilities and decision."""
         service = service_of(request)
-        check_key(service.config, _key_of(request))
+        check_key(service.key, _key_of(request))
         chosen = service.select(models)
+        cfg = service.config
 
         async def work() -> dict[str, Any]:
-            body = await read_body(request, service.config.max_upload_bytes + 64 * 1024)
-            data = image_from_request(body, request.headers.get("content-type", ""))
+            body = await read_body(request, cfg.max_upload_bytes)
+            content_type = request.headers.get("content-type", "")
+            data = await asyncio.get_running_loop().run_in_executor(
+                service.cpu_pool, image_from_request, body, content_type, cfg.max_form_parts,
+                cfg.max_part_header_bytes)  # a form of many tiny parts is CPU work: not on the event loop
             return await service.analyse(data, chosen)
 
         return await _with_timeout(work(), service.config.request_timeout)
@@ -480,11 +663,17 @@ def api_router() -> Any:
     async def stream(ws: WebSocket) -> None:
         """Live video: send JPEG frames as binary messages, get one JSON answer per frame
         (send the next frame after the answer). A text message ``{"models": [..]}``
-        changes the models."""
+        changes the models. The API key comes in the ``X-API-Key`` (or ``Authorization:
+        Bearer``) header or as the subprotocol ``facelab.key.<base64url of the key>`` (what
+        a browser can send), never in the URL."""
         service: Service = ws.app.state.service
-        await ws.accept()
+        await ws.accept(subprotocol=_ws_subprotocol(ws.scope))
         try:
-            check_key(service.config, ws.query_params.get("api_key") or ws.headers.get("x-api-key"))
+            if "api_key" in ws.query_params:
+                raise ApiError(401, "unauthorized", "the API key must not be in the URL (URLs get logged): "
+                                                    "send it in the X-API-Key header or as the WebSocket "
+                                                    "subprotocol facelab.key.<base64url of the key>")
+            check_key(service.key, _key_of(ws) or _ws_key(ws.scope))
             chosen = service.select(ws.query_params.get("models"))
         except ApiError as exc:
             await ws.send_json(exc.body())
@@ -503,19 +692,59 @@ def api_router() -> Any:
     return router
 
 
+WS_PROTOCOL = "facelab"
+WS_KEY_PREFIX = "facelab.key."
+
+
+def _ws_subprotocol(scope: dict) -> str | None:
+    """``facelab`` when the client offered it (a browser that sends its key as a
+    subprotocol must get one of its offers back), else none."""
+    return WS_PROTOCOL if WS_PROTOCOL in scope.get("subprotocols", ()) else None
+
+
+def _ws_key(scope: dict) -> str | None:
+    """The key sent as subprotocol ``facelab.key.<base64url, no padding>``."""
+    for proto in scope.get("subprotocols", ()):
+        if proto.startswith(WS_KEY_PREFIX):
+            code = proto[len(WS_KEY_PREFIX):]
+            try:
+                return base64.urlsafe_b64decode(code + "=" * (-len(code) % 4)).decode()
+            except ValueError:
+                return None
+    return None
+
+
+def _models_in(text: str) -> str:
+    """The model names of a text message ``{"models": ["a", "b"]}`` (or ``"a,b"``), as a
+    comma-separated string; a 400 ``bad_message`` for anything else."""
+    usage = 'a text message must be JSON like {"models": ["name", ...]}; send video frames as binary messages'
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        raise ApiError(400, "bad_message", f"not JSON: {usage}") from None
+    if not isinstance(msg, dict) or "models" not in msg:
+        raise ApiError(400, "bad_message", f"no 'models' key: {usage}")
+    wanted = msg["models"]
+    if isinstance(wanted, str):
+        wanted = wanted.split(",")
+    if not isinstance(wanted, list) or not all(isinstance(n, str) for n in wanted):
+        raise ApiError(400, "bad_message", f"'models' must be a list of model names: {usage}")
+    return ",".join(wanted)
+
+
 async def _stream_message(service: Service, chosen: list[LoadedModel], msg: dict) -> tuple[list, dict]:
     try:
         if msg.get("text") is not None:
-            wanted = json.loads(msg["text"]).get("models") or []
-            chosen = service.select(",".join(wanted))
+            chosen = service.select(_models_in(msg["text"]))
             return chosen, {"models": [m.name for m in chosen]}
         answer = await _with_timeout(service.analyse(msg.get("bytes") or b"", chosen),
                                      service.config.request_timeout)
         return chosen, answer
     except ApiError as exc:
         return chosen, exc.body()
-    except ValueError as exc:
-        return chosen, ApiError(400, "bad_message", str(exc)).body()
+    except Exception:  # noqa: BLE001 - one bad frame must not end the stream
+        log.exception("stream frame failed")
+        return chosen, ApiError(500, "internal_error", "the server failed on this frame; see its log").body()
 
 
 async def _with_timeout(coro: Any, seconds: float) -> Any:
@@ -535,13 +764,14 @@ def _key_of(request: Any) -> str | None:
     return key
 
 
-def check_key(config: ServeConfig, given: str | None) -> None:
+def check_key(key: ApiKey | None, given: str | None) -> None:
     """401 unless the API key matches (constant-time compare); no-op when no key is set."""
-    if config.api_key is None:
+    if key is None:
         return
-    if not given or not hmac.compare_digest(given.encode(), config.api_key.encode()):
+    if not key.matches(given):
         raise ApiError(401, "unauthorized", "missing or wrong API key; send it in the X-API-Key header "
-                                            "(WebSocket: ?api_key=...)")
+                                            "(WebSocket: that header, or the subprotocol "
+                                            "facelab.key.<base64url of the key>)")
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
@@ -549,32 +779,50 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
     """Run the app with uvicorn until interrupted (one line per request only with
     ``access_log``: at a hundred requests a second the log costs CPU and says little).
 
-    ``config.max_in_flight`` limits requests in the app (JSON 503); uvicorn's own limit,
-    which also counts idle keep-alive connections and answers in plain text, is set well
-    above it (2x + 16) so that it only guards against a flood of idle connections.
+    Connections go through :mod:`facelab.serve.guard` (request-head and body timeouts, a
+    cap on idle connections); ``config.max_in_flight`` limits requests in the app (JSON
+    503). uvicorn's own ``limit_concurrency``, which counts idle connections too and
+    answers everyone in plain text once they fill it, is off. Log lines never carry a
+    query string (:mod:`facelab.serve.logs`); ``trace`` logging (which prints headers) is
+    refused.
 
     ``workers`` > 1 starts that many server processes on the same port, each loading the
     models in its own lifespan: face detection holds Python's GIL, so one process keeps
-    about one core busy however many threads it has."""
+    about one core busy however many threads it has. The workers get their config in the
+    environment (``FACELAB_SERVE_CONFIG``) with the API key replaced by its salted
+    digest, and ``FACELAB_API_KEY`` is removed from the environment they inherit."""
+    from facelab.serve import guard, logs
+
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if log_level.lower() not in logs.LEVELS:
+        raise ValueError(f"log level {log_level!r} is not one of {', '.join(logs.LEVELS)} "
+                         "(trace would print request headers, API keys included)")
     uvicorn = _require_uvicorn()
-    options = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=10,
-                   limit_concurrency=2 * config.max_in_flight + 16, ws_max_size=config.max_upload_bytes + 4096,
-                   access_log=access_log)
+    os.environ.pop(API_KEY_ENV, None)  # child processes need not inherit the key
+    options = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=config.keep_alive_timeout,
+                   limit_concurrency=None, ws_max_size=config.max_upload_bytes + FORM_OVERHEAD, access_log=access_log,
+                   http=guard.protocol_class(), log_config=logs.log_config(),
+                   h11_max_incomplete_event_size=config.max_header_bytes)
+    logs.install_on_root()
     if workers == 1:
         uvicorn.run(create_app(config), **options)
         return
-    os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
+    data = dataclasses.asdict(config)
+    key = data.pop("api_key")
+    data["api_key_digest"] = ApiKey.of(key).encode() if key else None
+    os.environ[CONFIG_ENV] = json.dumps(data)
     uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **options)
 
 
 def app_from_env() -> Any:
     """The app of one worker process (``serve(workers=N)``): its config comes from the
-    environment variable ``FACELAB_SERVE_CONFIG`` (JSON of :class:`ServeConfig`)."""
+    environment variable ``FACELAB_SERVE_CONFIG`` (JSON of :class:`ServeConfig`, the API
+    key as its salted digest ``api_key_digest``)."""
     data = json.loads(os.environ[CONFIG_ENV])
+    digest = data.pop("api_key_digest", None)
     data["runs"], data["cors_origins"] = tuple(data["runs"]), tuple(data["cors_origins"])
-    return create_app(ServeConfig(**data))
+    return create_app(ServeConfig(**data), key=ApiKey.decode(digest) if digest else None)
 
 
 def _require_uvicorn() -> Any:
