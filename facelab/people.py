@@ -7,15 +7,17 @@ on the crops of ``facelab prepare``, plus a small trained head:
 * ``knn``: nearest enrolled photos (no training at all).
 
 Open set: every query's *distance to the nearest enrolled photo* is compared with a
-threshold calibrated on held-out photos: photos of known people the head did not see
-(genuine) and, person by person, photos of a person with that person left out of the
-gallery (impostors: exactly what a stranger looks like to the model). A face farther
-than the threshold is reported as ``unknown``. The threshold and its false-accept /
-false-reject rates are stored in ``bundle.json["open_set"]``.
+threshold calibrated on the enrolled photos themselves, without setting any aside:
+each photo left out in turn against the rest of the gallery (genuine: what a new photo
+of a known person looks like) and, person by person, that person's photos against the
+gallery without them (impostors: exactly what a stranger looks like to the model). A
+face farther than the threshold is reported as ``unknown``. The threshold, its
+false-accept / false-reject rates and the trade-off at other false-accept targets are
+stored in ``bundle.json["open_set"]``; ``target_far`` (``-M target_far=0.01``) picks
+the point of that trade-off.
 
-``facelab enroll`` adds photos (of a new or a known person) to the gallery and refits the
-head in seconds; the embedding network is never retrained, and the distance threshold,
-which does not depend on who is enrolled, stays valid.
+``facelab enroll`` adds photos (of a new or a known person) to the gallery, refits the
+head and recalibrates the threshold in seconds; the embedding network is never retrained.
 """
 from __future__ import annotations
 
@@ -56,11 +58,13 @@ class FaceEmbedConfig:
     C: float = 10.0
     """logreg head: inverse regularisation strength."""
     valid_fraction: float = 0.2
-    """Share of each person's photos held out to measure accuracy and calibrate the
-    unknown threshold (people with one photo keep it for training)."""
+    """Share of each person's photos held out to MEASURE top-name accuracy (people with
+    one photo keep it); the final gallery and head then use every photo, and the unknown
+    threshold is calibrated leave-one-out over all of them. 0 = no accuracy measure."""
     target_far: float | None = None
-    """Calibrate the unknown threshold for this false-accept rate (e.g. 0.01); None picks
-    the threshold with the fewest errors (false accepts + false rejects)."""
+    """Calibrate the unknown threshold for this false-accept rate (share of strangers let
+    in, e.g. 0.01); None picks the threshold with the fewest errors (false-accept rate +
+    false-reject rate). The trade-off at other targets is in ``bundle.json["open_set"]``."""
     seed: int = 0
     """Random seed of the train/valid split."""
     overwrite: bool = False
@@ -259,18 +263,20 @@ class Calibration:
 
 
 def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, target_far: float | None = None,
-                        default: float = 0.6) -> Calibration:
+                        default: float = 0.6, quiet: bool = False) -> Calibration:
     """The distance threshold separating genuine from impostor distances.
 
     ``target_far``: the largest threshold whose false-accept rate is at most this;
     None: the threshold with the fewest false accepts + false rejects (ties: lower FAR).
-    Without both kinds of scores, ``default`` is returned uncalibrated.
+    Without both kinds of scores, ``default`` is returned uncalibrated (with a warning
+    unless ``quiet``).
     """
     g = np.sort(np.asarray(genuine, dtype=np.float64))
     imp = np.sort(np.asarray(impostor, dtype=np.float64))
     if not len(g) or not len(imp):
-        log.warning("no held-out %s photos to calibrate the unknown threshold; using dlib's %.2f",
-                    "genuine" if not len(g) else "impostor", default)
+        (log.debug if quiet else log.warning)(
+            "no %s distances to calibrate the threshold (needs a person with >= 2 photos and >= 2 "
+            "people); using dlib's %.2f", "genuine" if not len(g) else "impostor", default)
         far = float(np.mean(imp <= default)) if len(imp) else float("nan")
         frr = float(np.mean(g > default)) if len(g) else float("nan")
         return Calibration(default, far, frr, len(g), len(imp), calibrated=False)
@@ -291,20 +297,44 @@ def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, target_far: f
     return Calibration(float(cands[best]), float(far[best]), float(frr[best]), len(g), len(imp))
 
 
-def open_set_scores(gallery: Gallery, held_emb: np.ndarray, held_labels: np.ndarray,
-                    n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine and impostor distances for calibration.
+def open_set_scores(gallery: Gallery) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor distances for calibration, from the gallery alone (no photo
+    set aside, so the gallery keeps every enrolled photo).
 
-    Genuine: held-out photos of known people vs the whole gallery. Impostor: for each
-    person, all their photos (gallery and held-out) vs the gallery without that person.
+    Genuine: each photo of a person with >= 2 photos against the gallery without that
+    photo (leave-one-out: a new photo of a known person). Impostor: each person's photos
+    against the gallery without that person (leave-one-person-out: a stranger).
     """
-    genuine = nearest_distance(held_emb, gallery) if len(held_emb) else np.zeros(0)
-    impostor = []
-    for c in range(n_classes):
-        own = np.concatenate([gallery.embeddings[gallery.labels == c], held_emb[held_labels == c]])
-        if len(own) and np.any(gallery.labels != c):
-            impostor.append(nearest_distance(own, gallery, exclude=c))
-    return genuine, (np.concatenate(impostor) if impostor else np.zeros(0))
+    from facelab.embed import distance
+
+    emb, labels = gallery.embeddings, gallery.labels
+    nearest = np.full(len(emb), np.inf, dtype=np.float32)
+    nearest_other = np.full(len(emb), np.inf, dtype=np.float32)
+    step = max(1, 4_000_000 // max(len(emb), 1))  # rows per block: ~16 MB of distances at a time
+    for start in range(0, len(emb), step):
+        rows = np.arange(start, min(start + step, len(emb)))
+        d = distance(emb[rows], emb)
+        d[np.arange(len(rows)), rows] = np.inf  # not the photo itself
+        nearest[rows] = d.min(axis=1)
+        nearest_other[rows] = np.where(labels[rows, None] != labels[None, :], d, np.inf).min(axis=1)
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, dtype=np.int64)
+    genuine = nearest[counts[labels] >= 2] if len(labels) else np.zeros(0)
+    return genuine, nearest_other[np.isfinite(nearest_other)]
+
+
+CALIBRATION_RULE = ("leave-one-out over every enrolled photo: each photo against the rest of the gallery "
+                    "(known), each person's photos against the gallery without that person (stranger)")
+#: False-accept rates at which the open-set trade-off is reported.
+TRADEOFF_FARS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def tradeoff(genuine: np.ndarray, impostor: np.ndarray) -> list[dict]:
+    """For each target false-accept rate in :data:`TRADEOFF_FARS`: the threshold, and the
+    share of known people's photos it would call unknown (false rejects)."""
+    if not len(genuine) or not len(impostor):
+        return []
+    return [{"target_far": t, **{k: v for k, v in calibrate_threshold(genuine, impostor, t).to_dict().items()
+                                 if k in ("threshold", "far", "frr")}} for t in TRADEOFF_FARS]
 
 
 def pair_scores(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -360,14 +390,18 @@ class IdentityModel:
 def _embed_table(table: SampleTable, prepare_config: Any, progress: bool,
                  cache_dir: str | Path | None = None) -> tuple[SampleTable, np.ndarray, dict]:
     """Prepare (cached) and embed every photo of ``table``: (table of crops, (N, 128), prepare dict)."""
-    from facelab.embed import embed_paths, template_landmarks
+    from facelab.embed import embed_paths, identity_prepare, template_landmarks
     from facelab.prepare import as_config, prepare_table
 
     if table.prepared is not None:
         prep = as_config(table.prepared.get("config"))
         crops = table
+        if prep.format != "png":
+            log.warning("%s: crops prepared as %s: predict embeds crops cut in memory, so a photo's "
+                        "embedding differs slightly between training and prediction; train on the raw "
+                        "photos (or prepare with --format png) for identical crops", table.root, prep.format)
     else:
-        prep = as_config(prepare_config)
+        prep = identity_prepare(prepare_config)
         crops = prepare_table(table, prep, cache_dir, progress=progress)
     if len(crops) == 0:
         raise DataError(f"{table.root}: no face found in any photo; check the photos or try "
@@ -405,25 +439,56 @@ def train_face_embed(table: SampleTable, config: Any = None, run_dir: str | Path
                                     getattr(config, "cache_dir", None))
     labels = crops.labels
     held = _held_out_mask(crops, cfg)
-    names = [str(p) for p in crops.paths]
-    gallery = Gallery(emb[~held], labels[~held], [n for n, h in zip(names, held) if not h])
-    genuine, impostor = open_set_scores(gallery, emb[held], labels[held], len(people.label_names))
+    names = [str(crops.source_of(i)) for i in range(len(crops))]  # the enrolled photos
+    metrics = _held_out_metrics(people.label_names, Gallery(emb, labels, names), held, cfg)
+    # The model itself: every photo in the gallery, the threshold calibrated leave-one-out.
+    gallery = Gallery(emb, labels, names)
+    genuine, impostor = open_set_scores(gallery)
     cal = calibrate_threshold(genuine, impostor, cfg.target_far)
     same, diff = pair_scores(emb, labels)
     pair = calibrate_threshold(same, diff, None)
     model = IdentityModel.fit(people.label_names, gallery, cfg, cal.threshold)
-    metrics = _metrics(model, emb, labels, held)
     metrics.update(far=cal.far, frr=cal.frr, threshold=cal.threshold)
     seconds = time.perf_counter() - t0
     metrics.update(images_per_second=len(crops) / max(seconds, 1e-9), time=seconds)
     bundle = _bundle_dict(model, prep, cal, pair, cfg, run_dir, len(crops) / max(seconds, 1e-9))
+    bundle["open_set"]["tradeoff"] = tradeoff(genuine, impostor)
     bundle["train"]["metrics"] = metrics
     _write_run(run_dir, config, cfg, model, bundle, metrics)
     _save_calibration_plot(run_dir / "open_set.png", genuine, impostor, cal)
-    log.info("face-embed: %d people, %d photos; valid accuracy %.3f; unknown threshold %.3f "
-             "(FAR %.3f, FRR %.3f); %s", len(model.labels), len(crops), metrics["accuracy"],
-             cal.threshold, cal.far, cal.frr, run_dir)
+    log.info("face-embed: %d people, %d photos, all in the gallery; held-out accuracy %s; unknown "
+             "threshold %.3f (leave-one-out: strangers let in %.1f%%, known photos turned away %.1f%%); %s",
+             len(model.labels), len(crops), _fmt(metrics["accuracy"]), cal.threshold, 100 * cal.far,
+             100 * cal.frr, run_dir)
+    for row in bundle["open_set"]["tradeoff"]:
+        log.info("  to let in at most %.1f%% of strangers: threshold %.3f turns away %.1f%% of known photos",
+                 100 * row["target_far"], row["threshold"], 100 * row["frr"])
     return run_dir
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"  # NaN: nothing was held out
+
+
+def _held_out_metrics(labels: Sequence[str], everything: Gallery, held: np.ndarray,
+                      cfg: FaceEmbedConfig) -> dict:
+    """Accuracy of a model fitted WITHOUT the held-out photos, on them: top name, and the
+    open-set decision (its threshold calibrated leave-one-out on its own gallery) - the
+    share of known people's new photos called unknown. Only measured; the final model then
+    uses every photo."""
+    keep = ~held
+    part = Gallery(everything.embeddings[keep], everything.labels[keep],
+                   [n for n, k in zip(everything.names, keep) if k])
+    measured = IdentityModel.fit(labels, part, cfg)
+    out = _metrics(measured, everything.embeddings, everything.labels, held)
+    out["valid_unknown_rate"] = out["open_set_accuracy"] = float("nan")
+    if held.any():
+        measured.threshold = calibrate_threshold(*open_set_scores(part), cfg.target_far, quiet=True).threshold
+        names = measured.identify(everything.embeddings[held])[0]
+        truth = [labels[i] for i in everything.labels[held]]
+        out["valid_unknown_rate"] = float(np.mean([n == UNKNOWN for n in names]))
+        out["open_set_accuracy"] = float(np.mean([n == t for n, t in zip(names, truth)]))
+    return out
 
 
 def _metrics(model: IdentityModel, emb: np.ndarray, labels: np.ndarray, held: np.ndarray) -> dict:
@@ -455,6 +520,7 @@ def _bundle_dict(model: IdentityModel, prep: dict, cal: Calibration, pair: Calib
         "open_set": {"threshold": cal.threshold, "unknown_label": UNKNOWN,
                      "score": "euclidean distance to the nearest enrolled photo; above threshold -> unknown",
                      **{k: v for k, v in cal.to_dict().items() if k != "threshold"},
+                     "calibration": CALIBRATION_RULE, "target_far": cfg.target_far,
                      "verify_threshold": pair.threshold, "verify_far": pair.far, "verify_frr": pair.frr},
         "people": {"photos": _photo_counts(model)},
         "train": {"run": str(run_dir), "epochs": 0, "images_per_second": round(images_per_second, 2)},
@@ -610,13 +676,12 @@ class EmbeddingPredictor:
     def predict_image(self, image: np.ndarray | str | Path) -> list[PersonPrediction]:
         """A photo (RGB array or path) -> one prediction per face, through the bundle's
         face preparation."""
-        from facelab.images import read_image
         from facelab.prepare import FacePipeline
 
         if self._pipeline is None:
             self._pipeline = FacePipeline(self.bundle.get("prepare"))
-        rgb = read_image(image) if isinstance(image, (str, Path)) else image
-        faces = self._pipeline.process(rgb)
+        # a file goes the way training read it (process_file), so it gets the same crop
+        faces = self._pipeline.process_file(image)[1] if isinstance(image, (str, Path)) else self._pipeline.process(image)
         if not faces:
             return []
         names, probs, dist = self.model.identify(self.embed_crops([f.crop for f in faces]))
@@ -646,7 +711,8 @@ class VerifyResult:
     distance: float
     threshold: float
     threshold_source: str
-    """``dlib default`` (0.6) or the run whose calibrated threshold was used."""
+    """``dlib default`` (0.6), ``given``, or the run whose calibrated threshold was used
+    (with its error rates on the run's enrolled photos)."""
 
     def summary(self) -> str:
         verdict = "SAME person" if self.same else "DIFFERENT people"
@@ -658,8 +724,10 @@ def verify(a: str | Path | np.ndarray, b: str | Path | np.ndarray, run: str | Pa
            threshold: float | None = None, prepare_config: Any = None) -> VerifyResult:
     """Decide whether photos ``a`` and ``b`` show the same person.
 
-    The largest face of each photo is embedded; same person when the distance is at most
-    ``threshold`` (default: the pair threshold calibrated in ``run``, else dlib's 0.6).
+    The main face of each photo (``multi_face="main"``: the photographed person; or the
+    run's face preparation) is embedded; same person when the distance is at most
+    ``threshold`` (default: the pair threshold calibrated on the enrolled photos of
+    ``run``, else dlib's 0.6).
     """
     from facelab.embed import DLIB_SAME_PERSON_DISTANCE, distance, embed_images
 
@@ -668,14 +736,20 @@ def verify(a: str | Path | np.ndarray, b: str | Path | np.ndarray, run: str | Pa
     if run is not None:
         bundle = read_json(resolve_bundle_dir(run) / "bundle.json")
         prepare_config = prepare_config or bundle.get("prepare")
-        if "verify_threshold" in bundle.get("open_set", {}):
-            value, source = float(bundle["open_set"]["verify_threshold"]), f"calibrated in {run}"
+        open_set = bundle.get("open_set", {})
+        if "verify_threshold" in open_set:
+            value = float(open_set["verify_threshold"])
+            source = (f"calibrated on the enrolled photos of {run}: different people accepted "
+                      f"{open_set.get('verify_far', float('nan')):.1%}, same person rejected "
+                      f"{open_set.get('verify_frr', float('nan')):.1%}")
     if threshold is not None:
         value, source = float(threshold), "given"
     from facelab.images import read_image
 
-    images = [read_image(x) if isinstance(x, (str, Path)) else x for x in (a, b)]  # ImageError says why
-    emb, found = embed_images(images, prepare_config)
+    for x in (a, b):  # an unreadable photo is an error here, not a skip: ImageError says why
+        if isinstance(x, (str, Path)):
+            read_image(x)
+    emb, found = embed_images([a, b], prepare_config)
     for img, ok in zip((a, b), found):
         if not ok:
             name = img if isinstance(img, (str, Path)) else "image"
@@ -708,8 +782,8 @@ class EnrollReport:
 def enroll(run: str | Path, person: str, photos: Sequence[str | Path], progress: bool = False) -> EnrollReport:
     """Add ``photos`` of ``person`` (new or already known) to a face-embed run.
 
-    The photos are embedded, added to the gallery, and the head is refitted on the whole
-    gallery (seconds). The unknown threshold (a distance) stays as calibrated. The bundle
+    The photos are embedded, added to the gallery, the head is refitted on the whole
+    gallery and the unknown threshold recalibrated leave-one-out on it (seconds). The bundle
     is updated atomically: new head/gallery files first, bundle.json last, old files then
     removed; a stale ``model.onnx`` is removed (re-run ``facelab export``).
     """
@@ -736,8 +810,21 @@ def enroll(run: str | Path, person: str, photos: Sequence[str | Path], progress:
     m = predictor.bundle["model"]
     cfg = FaceEmbedConfig(head=m["head"], knn_k=int(m["kwargs"].get("knn_k", 3)), C=float(m["kwargs"].get("C", 10.0)))
     new_model = IdentityModel.fit(labels, gallery, cfg, model.threshold)
-    _write_enrolled(bdir, predictor.bundle, new_model)
+    open_set = _recalibrated(predictor.bundle.get("open_set") or {}, gallery, new_model)
+    _write_enrolled(bdir, {**predictor.bundle, "open_set": open_set}, new_model)
     return EnrollReport(person, int(found.sum()), skipped, new_person, len(labels), time.perf_counter() - t0)
+
+
+def _recalibrated(open_set: dict, gallery: Gallery, model: IdentityModel) -> dict:
+    """The open-set section after an enrolment: the threshold recalibrated leave-one-out
+    over the grown gallery (same target), or kept when the gallery cannot calibrate."""
+    genuine, impostor = open_set_scores(gallery)
+    cal = calibrate_threshold(genuine, impostor, open_set.get("target_far"), quiet=True)
+    if not cal.calibrated:
+        return open_set
+    model.threshold = cal.threshold
+    return {**open_set, "threshold": cal.threshold, **{k: v for k, v in cal.to_dict().items() if k != "threshold"},
+            "calibration": CALIBRATION_RULE, "tradeoff": tradeoff(genuine, impostor)}
 
 
 def _write_enrolled(bdir: Path, bundle: dict, model: IdentityModel) -> None:

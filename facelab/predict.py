@@ -305,18 +305,17 @@ def predict(run: str | Path, inputs: Sequence[str | Path] | str | Path, backend:
 
 
 def _predict_chunk(predictor: Any, paths: Iterable[Path], all_faces: bool) -> list[PhotoResult]:
-    """Detect faces photo by photo, then run the model once on all crops of the chunk."""
-    from facelab.images import ImageError, read_image
+    """Find the faces photo by photo, then run the model once on all crops of the chunk."""
+    from facelab.images import ImageError
 
     pipeline = face_pipeline(predictor.bundle, all_faces)
+    cache = _crop_cache(pipeline.config)
     results, prepared = [], []
     for path in paths:
         result = PhotoResult(str(path))
         faces: list = []
         try:
-            rgb = read_image(path)
-            result.height, result.width = rgb.shape[:2]
-            faces = pipeline.process(rgb)
+            faces, (result.width, result.height) = _photo_faces(pipeline, cache, Path(path))
             if not faces:
                 result.status, result.reason = "no_face", "no face found"
         except ImageError as exc:
@@ -330,6 +329,54 @@ def _predict_chunk(predictor: Any, paths: Iterable[Path], all_faces: bool) -> li
     for result, faces in zip(results, prepared):
         result.faces = [FaceResult(f.face, *next(rows)) for f in faces]
     return results
+
+
+def _crop_cache(config: Any) -> Any:
+    from facelab.prepare import CropCache
+
+    return CropCache(None, config)
+
+
+def _upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded photo after its EXIF rotation, from its header alone;
+    (0, 0) when Pillow cannot tell (the decode that follows says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            return (h, w) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+    except Exception:  # noqa: BLE001 - only a size for the report; decoding reports the error
+        return 0, 0
+
+
+def _photo_faces(pipeline: Any, cache: Any, path: Path) -> tuple[list, tuple[int, int]]:
+    """A photo's prepared faces and its (width, height), the way training prepared it.
+
+    A photo that ``facelab prepare`` or training already prepared with this config is
+    read from the crop cache (no detection: the cached crops are the ones training saw);
+    any other photo goes through :meth:`~facelab.prepare.FacePipeline.process_file`, the
+    training path. predict only reads the cache, it never adds to it.
+    """
+    import hashlib
+
+    from facelab.detect import Face
+    from facelab.images import ImageError, read_image
+    from facelab.prepare import PreparedFace
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        read_image(path)  # raises the ImageError that says why
+        raise
+    size = _upright_size(data)
+    hit = cache.load(hashlib.sha256(data).hexdigest())
+    if hit is not None and hit.status in ("kept", "no_face"):
+        try:
+            return [PreparedFace(Face.from_dict(d), read_image(c)) for d, c in zip(hit.faces, hit.crops)], size
+        except ImageError as exc:  # a damaged cache entry: prepare the photo again
+            log.debug("%s: cached crop unreadable (%s); detecting again", path, exc)
+    return pipeline.process_file(data, str(path))[1], size
 
 
 def report_json(report: PredictReport) -> str:

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when the pipeline's output changes for the same config (invalidates caches).
 PIPELINE_VERSION = 2  # 2: smaller refinement window, min_face in original pixels
-MULTI_FACE_POLICIES = ("largest", "all", "skip")
+MULTI_FACE_POLICIES = ("largest", "main", "all", "skip")
+ONE_FACE_POLICIES = ("largest", "main")  # keep one face: the fast low-resolution first pass applies
 LIGHT_MODES = ("none", "clahe")
 BACKGROUND_MODES = ("keep", "blur", "grey")
 CROP_FORMATS = ("jpg", "png")
@@ -75,7 +76,10 @@ class PrepareConfig:
     margin: float = 0.0
     """Extra context on each side, as a fraction of the template frame (0.1 = 10 %)."""
     multi_face: str = "largest"
-    """Several faces in a photo: keep the ``largest``, keep ``all``, or ``skip`` the photo."""
+    """Several faces in a photo: keep the ``largest``, the ``main`` one (the photographed
+    person: see :func:`main_face`; the default of identity work), keep ``all``, or ``skip``
+    the photo."""
+
     light: str = "none"
     """Light balancing of the crop: ``none`` or ``clahe`` (CLAHE on luminance)."""
     background: str = "keep"
@@ -84,7 +88,7 @@ class PrepareConfig:
     """Photos larger than this (longest side) are downscaled for detection; crops are cut
     from the full-resolution original."""
     fast_side: int = 128
-    """With ``multi_face="largest"``, detect first on the photo shrunk to this longest side
+    """With ``multi_face="largest"`` or ``"main"``, detect first on the photo shrunk to this longest side
     (several times faster) and fall back to ``detect_max_side`` only when no face is found.
     0 turns the fast first pass off."""
     refine_below: int = 40
@@ -185,7 +189,7 @@ class FacePipeline:
         """
         c = self.config
         sides = [c.detect_max_side]
-        if c.multi_face == "largest" and 0 < c.fast_side < min(max(rgb.shape[:2]), c.detect_max_side):
+        if c.multi_face in ONE_FACE_POLICIES and 0 < c.fast_side < min(max(rgb.shape[:2]), c.detect_max_side):
             sides.insert(0, c.fast_side)
         for side in sides:
             faces, seen = self._detect_at(rgb, side)
@@ -240,18 +244,22 @@ class FacePipeline:
             crop = suppress_background(crop, template_points(c.template, c.size, c.margin), c.background)
         return crop
 
-    def select(self, faces: list[Face]) -> list[Face]:
-        """Apply the multi-face policy to ``faces`` (largest first)."""
+    def select(self, faces: list[Face], width: int, height: int) -> list[Face]:
+        """Apply the multi-face policy to ``faces`` (largest first) of a ``width`` x
+        ``height`` photo."""
         if len(faces) > 1 and self.config.multi_face == "skip":
             return []
         if self.config.multi_face == "largest":
             return faces[:1]
+        if self.config.multi_face == "main":
+            return [main_face(faces, width, height)] if faces else []
         return faces
 
     def process(self, rgb: np.ndarray) -> list[PreparedFace]:
         """Detect, apply the multi-face policy, align and crop. Empty list = no usable face."""
         rgb = _as_rgb(rgb)
-        return [PreparedFace(f, self.crop(rgb, f)) for f in self.select(self.detect(rgb))]
+        chosen = self.select(self.detect(rgb), rgb.shape[1], rgb.shape[0])
+        return [PreparedFace(f, self.crop(rgb, f)) for f in chosen]
 
     def process_file(self, source: str | Path | bytes, name: str = "<image>") -> tuple[list[Face], list[PreparedFace]]:
         """:meth:`process` for an encoded photo (a path or its bytes), faster on big JPEGs.
@@ -266,7 +274,7 @@ class FacePipeline:
         if not isinstance(source, bytes):
             name, source = str(source), _read_bytes(Path(source))
         c = self.config
-        fast = c.multi_face == "largest" and c.fast_side > 0
+        fast = c.multi_face in ONE_FACE_POLICIES and c.fast_side > 0
         rgb, full = decode_image(source, name, min_side=c.fast_side if fast else c.detect_max_side,
                                  return_full_size=True)
         faces, seen = self._detect_at(rgb, c.fast_side, max(full) / max(rgb.shape[:2])) if fast else ([], 0)
@@ -277,7 +285,7 @@ class FacePipeline:
         seen_scale = seen / max(full)  # detector pixels per pixel of the original
         to_full = max(full) / max(rgb.shape[:2])
         faces = [f.scaled(to_full) if to_full != 1.0 else f for f in faces]
-        chosen = self.select(faces)
+        chosen = self.select(faces, *full)
         if chosen and to_full > 1.0:
             need = max(max(_crop_scale(f, c), self._refine_scale(f, f.width * seen_scale)) for f in chosen) * max(full)
             if need > max(rgb.shape[:2]):
@@ -289,6 +297,20 @@ class FacePipeline:
             g = self.refine(rgb, g, f.width * seen_scale)
             prepared.append(PreparedFace(g.scaled(to_full) if to_full != 1.0 else g, self.crop(rgb, g)))
         return faces, prepared
+
+
+def main_face(faces: Sequence[Face], width: int, height: int) -> Face:
+    """The photographed person among several faces: the highest ``width / widest width -
+    distance of the box centre from the photo centre`` (as fractions of the photo's width
+    and height). A bystander must be clearly larger to win over a centred face, and a
+    much smaller face near the centre does not win over the subject."""
+    widest = max(f.width for f in faces)
+
+    def score(f: Face) -> float:
+        cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+        return f.width / widest - float(np.hypot(cx / width - 0.5, cy / height - 0.5))
+
+    return max(faces, key=score)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -485,7 +507,8 @@ def _run_pipeline(pipeline: FacePipeline, path: str, data: bytes, sha: str) -> t
     elif not prepared:
         result.status, result.reason = "several_faces", f"{len(faces)} faces (multi_face=skip)"
     elif len(faces) > 1:
-        result.reason = f"{len(faces)} faces, kept {'all' if len(prepared) > 1 else 'the largest'}"
+        kept = "all" if len(prepared) > 1 else {"main": "the main face"}.get(pipeline.config.multi_face, "the largest")
+        result.reason = f"{len(faces)} faces, kept {kept}"
     return result, [p.crop for p in prepared]
 
 

@@ -1,6 +1,9 @@
 """Detectors and alignment on real uncropped and aligned CelebA photos."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +11,7 @@ import pytest
 
 from facelab.align import (align_face, balance_light, similarity_transform, suppress_background,
                            template_points, transform_points)
-from facelab.detect import Face, create_detector, list_detectors
+from facelab.detect import Face, check_detector_options, create_detector, list_detectors
 from facelab.images import read_image
 
 WILD_SAMPLE = ("003410.jpg", "005840.jpg", "007983.jpg")
@@ -65,8 +68,37 @@ def test_yuface_finds_faces_in_uncropped_photos(wild_photos: list[np.ndarray]) -
 def test_detector_options_are_checked() -> None:
     with pytest.raises(ValueError, match="scale_factor must be > 1"):
         create_detector("haar", scale_factor=1.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="detector yuface: unknown option 'min_neighbors'; valid options: conf, threads"):
         create_detector("yuface", min_neighbors=3)
+    with pytest.raises(ValueError, match=r"unknown option 'minneighbours' \(did you mean min_neighbors\?\)"):
+        create_detector("haar", minneighbours=3)
+    with pytest.raises(ValueError, match="conf must be a number, got 'high'"):
+        create_detector("yuface", conf="high")
+    haar = create_detector("haar", minNeighbors=4, scaleFactor=1.15, minSize=[30, 40])  # OpenCV's spellings
+    assert (haar.min_neighbors, haar.scale_factor, haar.min_size) == (4, 1.15, (30, 40))
+    assert check_detector_options("dlib-hog", {"upsample_num_times": 1}) == {"upsample": 1}
+
+
+def test_haar_detectors_built_at_once_in_fresh_threads() -> None:
+    """Threads of a fresh interpreter that build Haar detectors together (each importing
+    OpenCV) all get one: cv2.data was missing in all but one of them."""
+    code = textwrap.dedent("""
+        import threading
+        from facelab.detect import create_detector
+        errors = []
+        def build():
+            try:
+                create_detector("haar")
+            except Exception as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=build) for _ in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(errors)
+    """)
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 def test_face_round_trip_and_scaling() -> None:

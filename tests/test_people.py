@@ -16,6 +16,10 @@ STRANGERS = [f"s{i}" for i in range(31, 37)]  # never in training
 NEWCOMER = "s40"                              # enrolled later
 
 
+def _person_photo(path: str) -> str:
+    return "/".join(Path(path).parts[-2:])
+
+
 def _link_people(src: Path, dst: Path, names: list[str], photos: range = range(1, 11)) -> Path:
     for name in names:
         (dst / name).mkdir(parents=True, exist_ok=True)
@@ -46,6 +50,95 @@ def test_run_folder_and_bundle(orl_run: Path) -> None:
     metrics = (orl_run / "metrics.csv").read_text().splitlines()
     row = dict(zip(metrics[0].split(","), metrics[1].split(",")))
     assert float(row["accuracy"]) >= 0.9  # 6 people, 2 held-out photos each
+    # the open-set decision on the held-out photos is measured too (quality: bench/people.py)
+    unknown, open_acc = float(row["valid_unknown_rate"]), float(row["open_set_accuracy"])
+    assert 0 <= unknown <= 1 and open_acc <= float(row["accuracy"]) and open_acc + unknown <= 1 + 1e-9
+
+
+def test_gallery_keeps_every_photo_and_calibrates_leave_one_out(orl_run: Path, orl_faces: Path) -> None:
+    """Held-out photos only measure accuracy: all 8 photos of each person are enrolled,
+    and the threshold comes from leave-one-out over them (genuine: 48 photos)."""
+    bundle = json.loads((orl_run / "bundle" / "bundle.json").read_text())
+    # s2/7.pgm is the one photo the detector misses
+    assert bundle["people"]["photos"] == {name: 7 if name == "s2" else 8 for name in KNOWN}
+    gallery = people.Gallery.load(orl_run / "bundle" / bundle["model"]["files"]["gallery"])
+    enrolled = {f"{n}/{k}.pgm" for n in KNOWN for k in range(1, 9)} - {"s2/7.pgm"}
+    assert sorted(_person_photo(n) for n in gallery.names) == sorted(enrolled)  # the source photos
+    open_set = bundle["open_set"]
+    assert open_set["genuine"] == 47 and open_set["impostor"] == 47 and "leave-one-out" in open_set["calibration"]
+    fars = [row["far"] for row in open_set["tradeoff"]]
+    frrs = [row["frr"] for row in open_set["tradeoff"]]
+    assert [row["target_far"] for row in open_set["tradeoff"]] == list(people.TRADEOFF_FARS)
+    assert all(f <= t for f, t in zip(fars, people.TRADEOFF_FARS)) and frrs == sorted(frrs, reverse=True)
+
+
+def test_target_far_sets_the_trade_off(orl_faces: Path, tmp_path: Path) -> None:
+    folder = _link_people(orl_faces, tmp_path / "p", KNOWN, range(1, 6))
+    strict = people.train_face_embed(load_source(folder), people.FaceEmbedConfig(target_far=0.0),
+                                     tmp_path / "strict", progress=False)
+    open_set = json.loads((strict / "bundle" / "bundle.json").read_text())["open_set"]
+    assert open_set["target_far"] == 0.0 and open_set["far"] == 0.0
+    assert open_set["threshold"] == pytest.approx(open_set["tradeoff"][0]["threshold"])
+
+
+def test_same_photo_same_embedding_in_training_predict_and_verify(orl_run: Path, orl_faces: Path) -> None:
+    """Training embeds crops read back from the cache, predict/verify cut them in memory:
+    identity runs store lossless crops, so both give the same vector."""
+    from facelab.embed import embed_images
+    from facelab.predict import _crop_cache, _photo_faces, face_pipeline
+
+    bundle = json.loads((orl_run / "bundle" / "bundle.json").read_text())
+    assert bundle["prepare"]["format"] == "png" and bundle["prepare"]["multi_face"] == "main"
+    gallery = people.Gallery.load(orl_run / "bundle" / bundle["model"]["files"]["gallery"])
+    predictor = people.load(orl_run)
+    for name in ("s2/3.pgm", "s5/8.pgm"):
+        photo = orl_faces / name
+        trained = gallery.embeddings[[_person_photo(n) for n in gallery.names].index(name)]
+        [pred] = predictor.predict_image(photo)
+        np.testing.assert_allclose(predictor.embed_crops([pred.crop])[0], trained, atol=1e-5)
+        emb, found = embed_images([photo], bundle["prepare"])
+        assert found.all()
+        np.testing.assert_allclose(emb[0], trained, atol=1e-5)
+        # facelab.predict reads the crop training cached (no detection) and gets the same vector
+        pipeline = face_pipeline(bundle)
+        faces, size = _photo_faces(pipeline, _crop_cache(pipeline.config), photo)
+        assert size == (92, 112)
+        np.testing.assert_allclose(predictor.embed_crops([faces[0].crop])[0], trained, atol=1e-5)
+
+
+def test_predict_skips_detection_for_photos_training_prepared(orl_run: Path, orl_faces: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from facelab.predict import predict
+    from facelab.prepare import FacePipeline
+
+    def no_detection(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise AssertionError("detection ran on a photo whose crop is cached")
+
+    photos = [orl_faces / "s1" / "2.pgm", orl_faces / "s4" / "5.pgm"]  # both in training
+    monkeypatch.setattr(FacePipeline, "process_file", no_detection)
+    monkeypatch.setattr(FacePipeline, "process", no_detection)
+    report = predict(orl_run, photos, progress=False)
+    assert [p.faces[0].identity for p in report.photos] == ["s1", "s4"]
+    assert [(p.width, p.height) for p in report.photos] == [(92, 112)] * 2
+
+
+def test_main_face_is_the_photographed_person(celeba_wild: Path) -> None:
+    """Among several faces the ``main`` policy picks the subject: a centred face over a
+    somewhat larger bystander at the edge, and on a real multi-person CelebA photo the face
+    of the labelled person (the one in CelebA's own aligned crop)."""
+    from facelab.detect import Face
+    from facelab.embed import distance, embed_images
+    from facelab.prepare import main_face
+
+    centred = Face((80.0, 80.0, 160.0, 170.0), np.zeros((5, 2), np.float32), 0.9)
+    bystander = Face((0.0, 0.0, 100.0, 110.0), np.zeros((5, 2), np.float32), 0.9)
+    assert main_face([bystander, centred], 240, 250) is centred
+    small = Face((110.0, 110.0, 130.0, 132.0), np.zeros((5, 2), np.float32), 0.9)
+    assert main_face([centred, small], 240, 250) is centred
+
+    photo, official = celeba_wild / "img_celeba" / "061970.jpg", celeba_wild / "img_align_celeba" / "061970.jpg"
+    emb, found = embed_images([photo, official])
+    assert found.all() and distance(emb[:1], emb[1:])[0, 0] < 0.4
 
 
 def test_known_people_recognised_and_strangers_unknown(orl_run: Path, orl_faces: Path) -> None:
@@ -91,7 +184,11 @@ def test_enroll_new_person_without_retraining(orl_run: Path, orl_faces: Path, tm
 
     after = json.loads((run / "bundle" / "bundle.json").read_text())
     assert after["task"]["labels"] == sorted(KNOWN) + [NEWCOMER]
-    assert after["open_set"]["threshold"] == before["open_set"]["threshold"]
+    # the threshold is recalibrated leave-one-out on the grown gallery, with its trade-off
+    gallery = people.Gallery.load(run / "bundle" / after["model"]["files"]["gallery"])
+    expected = people.calibrate_threshold(*people.open_set_scores(gallery))
+    assert after["open_set"]["threshold"] == pytest.approx(expected.threshold)
+    assert after["open_set"]["genuine"] == len(gallery.labels) and len(after["open_set"]["tradeoff"]) == 6
     assert after["people"]["photos"][NEWCOMER] == 5
     assert after["people"]["photos"]["s1"] == before["people"]["photos"]["s1"]
     files = sorted(p.name for p in (run / "bundle").iterdir())
