@@ -182,13 +182,11 @@ class TorchPredictor:
     def predict_image(self, image: np.ndarray | str | Path) -> list[FacePrediction]:
         """A photo (RGB array or path) -> one prediction per face found by the bundle's
         face preparation (the same crops as training)."""
-        from facelab.images import read_image
         from facelab.prepare import FacePipeline
 
         if self._pipeline is None:
             self._pipeline = FacePipeline(self.bundle.get("prepare"))
-        rgb = read_image(image) if isinstance(image, (str, Path)) else np.asarray(image)
-        faces = self._pipeline.process(rgb)
+        faces = self._pipeline.process_image(image)
         probs = self.predict_crops([f.crop for f in faces])
         return [FacePrediction(f.face, p, f.crop) for f, p in zip(faces, probs)]
 

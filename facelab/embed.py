@@ -260,7 +260,7 @@ def embed_images(images: Sequence[Any], config: Any = None, progress: bool = Fal
     for i, img in enumerate(images):
         is_file = isinstance(img, (str, os.PathLike))
         try:
-            faces = pipeline.process_file(img)[1] if is_file else pipeline.process(img)
+            faces = pipeline.process_image(Path(img) if is_file else img)
         except ImageError as exc:
             log.warning("%s; skipped", exc)
             continue

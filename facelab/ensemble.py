@@ -60,13 +60,11 @@ class EnsemblePredictor:
         return self.predict_crops_spread(crops)[0]
 
     def predict_image(self, image: np.ndarray | str | Path) -> list[FacePrediction]:
-        from facelab.images import read_image
         from facelab.prepare import FacePipeline
 
         if self._pipeline is None:
             self._pipeline = FacePipeline(self.bundle.get("prepare"))
-        rgb = read_image(image) if isinstance(image, (str, Path)) else np.asarray(image)
-        faces = self._pipeline.process(rgb)
+        faces = self._pipeline.process_image(image)
         mean, spread = self.predict_crops_spread([f.crop for f in faces])
         return [FacePrediction(f.face, p, f.crop, s) for f, p, s in zip(faces, mean, spread)]
 

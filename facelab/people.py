@@ -680,8 +680,7 @@ class EmbeddingPredictor:
 
         if self._pipeline is None:
             self._pipeline = FacePipeline(self.bundle.get("prepare"))
-        # a file goes the way training read it (process_file), so it gets the same crop
-        faces = self._pipeline.process_file(image)[1] if isinstance(image, (str, Path)) else self._pipeline.process(image)
+        faces = self._pipeline.process_image(image)
         if not faces:
             return []
         names, probs, dist = self.model.identify(self.embed_crops([f.crop for f in faces]))

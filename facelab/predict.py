@@ -353,10 +353,12 @@ def _upright_size(data: bytes) -> tuple[int, int]:
 def _photo_faces(pipeline: Any, cache: Any, path: Path) -> tuple[list, tuple[int, int]]:
     """A photo's prepared faces and its (width, height), the way training prepared it.
 
-    A photo that ``facelab prepare`` or training already prepared with this config is
-    read from the crop cache (no detection: the cached crops are the ones training saw);
-    any other photo goes through :meth:`~facelab.prepare.FacePipeline.process_file`, the
-    training path. predict only reads the cache, it never adds to it.
+    Lossless crops (``format="png"``, identity runs) of a photo that ``facelab prepare``
+    or training already prepared with this config are read from the crop cache: no
+    detection, and exactly the crop detection would give. Any other photo goes through
+    :meth:`~facelab.prepare.FacePipeline.process_file`, the training path (a cached JPEG
+    crop is not used: it carries one more JPEG round than ``predict_image``'s crop).
+    predict only reads the cache, it never adds to it.
     """
     import hashlib
 
@@ -370,7 +372,7 @@ def _photo_faces(pipeline: Any, cache: Any, path: Path) -> tuple[list, tuple[int
         read_image(path)  # raises the ImageError that says why
         raise
     size = _upright_size(data)
-    hit = cache.load(hashlib.sha256(data).hexdigest())
+    hit = cache.load(hashlib.sha256(data).hexdigest()) if pipeline.config.format == "png" else None
     if hit is not None and hit.status in ("kept", "no_face"):
         try:
             return [PreparedFace(Face.from_dict(d), read_image(c)) for d, c in zip(hit.faces, hit.crops)], size

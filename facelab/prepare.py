@@ -261,6 +261,13 @@ class FacePipeline:
         chosen = self.select(self.detect(rgb), rgb.shape[1], rgb.shape[0])
         return [PreparedFace(f, self.crop(rgb, f)) for f in chosen]
 
+    def process_image(self, image: np.ndarray | str | Path) -> list[PreparedFace]:
+        """:meth:`process` for an RGB array, :meth:`process_file` for a file: a photo on
+        disk goes the way training prepares it, so it gets the crop training got."""
+        if isinstance(image, (str, Path)):
+            return self.process_file(image)[1]
+        return self.process(np.asarray(image))
+
     def process_file(self, source: str | Path | bytes, name: str = "<image>") -> tuple[list[Face], list[PreparedFace]]:
         """:meth:`process` for an encoded photo (a path or its bytes), faster on big JPEGs.
 
