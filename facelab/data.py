@@ -29,6 +29,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".pgm", ".
 SPLITS = ("train", "valid", "test")
 LABEL_KINDS = ("classes", "attributes")
 PREPARED_MANIFEST = "facelab_prepared.json"
+INCOMPLETE_MARKER = "FACELAB_INCOMPLETE.txt"
+"""Written into an output folder when a command (prepare, collect) starts filling it and
+removed when it finishes: a folder with it was left half-done (a full disk, a kill) and is
+not read as a data source."""
 
 # Folder names accepted for each split (ImageNet/fastai style trees).
 _SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
@@ -425,6 +429,28 @@ def load_csv(path: str | Path, path_column: str | None = None,
 
 # --------------------------------------------------------------------------- dispatch
 
+def mark_incomplete(folder: Path, command: str) -> None:
+    """Mark ``folder`` as being filled by ``command`` (see :data:`INCOMPLETE_MARKER`)."""
+    from facelab._io import write_text
+
+    write_text(folder / INCOMPLETE_MARKER,
+               f"{command} has not finished writing this folder (it was stopped, or the disk was full).\n"
+               f"Run the same {command} command again: it resumes, and removes this file when done.\n")
+
+
+def clear_incomplete(folder: Path) -> None:
+    (folder / INCOMPLETE_MARKER).unlink(missing_ok=True)
+
+
+def check_complete(folder: Path) -> None:
+    """DataError when ``folder`` was left half-written by prepare or collect."""
+    marker = folder / INCOMPLETE_MARKER
+    if marker.is_file():
+        first = marker.read_text(encoding="utf-8", errors="replace").partition(" has not")[0].strip()
+        raise DataError(f"{folder}: incomplete, {first or 'a facelab command'} stopped before it finished "
+                        f"({INCOMPLETE_MARKER}); run it again to finish the folder, or delete the folder")
+
+
 def load_source(path: str | Path, attrs: Sequence[str] | None = None, **kwargs) -> SampleTable:
     """Read any supported source; the layout is detected from what is there.
 
@@ -437,6 +463,7 @@ def load_source(path: str | Path, attrs: Sequence[str] | None = None, **kwargs) 
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
+    check_complete(p if p.is_dir() else p.parent)
     if p.is_file():
         if p.suffix.lower() != ".csv":
             raise DataError(f"{p}: a data source is a folder or a .csv file")
@@ -452,6 +479,8 @@ def load_source(path: str | Path, attrs: Sequence[str] | None = None, **kwargs) 
         table = load_folder(p)
         if attrs:
             table = table.select_attributes(attrs)
+    if table.root.is_dir() and table.root != p:
+        check_complete(table.root)
     manifest = table.root / PREPARED_MANIFEST if table.root.is_dir() else None
     if manifest is not None and manifest.is_file():
         import json

@@ -13,26 +13,28 @@ the cache (near-instant) and an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from facelab._io import link_or_copy, write_bytes, write_json, write_text
-from facelab.data import (CELEBA_ATTR_FILE, CELEBA_IDENTITY_FILE, CELEBA_PARTITION_FILE, PREPARED_MANIFEST,
-                          SampleTable, load_source)
-from facelab.detect import Face, cached_detector, list_detectors
+from facelab._io import DiskFullError, disk_full_as_error, fit_name, link_or_copy, os_reason, write_bytes, write_json, write_text
+from facelab.data import (CELEBA_ATTR_FILE, CELEBA_IDENTITY_FILE, CELEBA_PARTITION_FILE, INCOMPLETE_MARKER,
+                          PREPARED_MANIFEST, SampleTable, clear_incomplete, load_source, mark_incomplete)
+from facelab.detect import Face, cached_detector, check_detector_options, list_detectors
 from facelab.images import ImageError, read_image
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,6 @@ class PrepareConfig:
     """Several faces in a photo: keep the ``largest``, the ``main`` one (the photographed
     person: see :func:`main_face`; the default of identity work), keep ``all``, or ``skip``
     the photo."""
-
     light: str = "none"
     """Light balancing of the crop: ``none`` or ``clahe`` (CLAHE on luminance)."""
     background: str = "keep"
@@ -122,6 +123,9 @@ class PrepareConfig:
             raise ValueError(f"min_face must be >= 0, got {self.min_face}")
         if not isinstance(self.detector_options, dict):
             raise ValueError("detector_options must be a dict")
+        # checked against the detector's own parameters now, before any work; the library's
+        # spellings (OpenCV's minNeighbors) are stored under the detector's names
+        object.__setattr__(self, "detector_options", check_detector_options(self.detector, self.detector_options))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -324,7 +328,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ImageError(path, _os_reason(exc)) from None
+        raise ImageError(path, os_reason(exc)) from None
 
 
 def _as_rgb(img: np.ndarray) -> np.ndarray:
@@ -435,15 +439,22 @@ class CropCache:
         result.crops = [str(write_image(base.with_name(f"{base.name}_{i}.{self.config.format}"), c))
                         for i, c in enumerate(crops)]
         if self._log is None:
-            (self.dir / "records").mkdir(parents=True, exist_ok=True)
+            with disk_full_as_error(self.dir / "records"):
+                (self.dir / "records").mkdir(parents=True, exist_ok=True)
             name = f"{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.jsonl"
             self._log = open(self.dir / "records" / name, "ab", buffering=0)  # noqa: SIM115 - lives with the worker
         line = f"{result.sha256}\t{json.dumps(asdict(result), separators=(',', ':'))}\n".encode()
-        self._log.write(line)  # one unbuffered append per record: complete once written
+        with disk_full_as_error(self._log.name):
+            self._log.write(line)  # one unbuffered append per record: complete once written
         return result
 
 
 # --------------------------------------------------------------------------- worker
+
+class WorkerError(RuntimeError):
+    """A photo failed for a reason that is not bad input (a bug, a broken install): the
+    whole run stops with the photo and the reason."""
+
 
 class _Worker:
     """Pipeline + cache for one thread or process; turns a path into a :class:`FileResult`."""
@@ -452,14 +463,25 @@ class _Worker:
         self.pipeline = FacePipeline(config)
         self.cache = CropCache(cache_root, config)
 
-    def __call__(self, path: str, out_stem: str | None = None) -> FileResult:
-        """One photo through the cache or the pipeline; never raises for bad input. With
-        ``out_stem`` its crops are also placed at ``out_stem[_i].<format>`` (here, in the
-        worker, so that writing the output runs in parallel too)."""
+    def __call__(self, path: str, out_name: str | None = None) -> FileResult:
+        """One photo through the cache or the pipeline; never raises for bad input (it becomes
+        the result's status): anything else is a :class:`WorkerError` naming the photo."""
+        try:
+            return self._run(path, out_name)
+        except (DiskFullError, WorkerError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or a broken install: stop, name the photo
+            log.debug("%s: prepare failed", path, exc_info=True)
+            raise WorkerError(f"{path}: prepare failed ({type(exc).__name__}: {exc})") from exc
+
+    def _run(self, path: str, out_name: str | None) -> FileResult:
+        """With ``out_name`` the first crop is also placed there (here, in the worker, so that
+        writing the output runs in parallel too; further faces are named by the main thread,
+        which knows every output name)."""
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            return FileResult(path, "unreadable", _os_reason(exc))
+            return FileResult(path, "unreadable", os_reason(exc))
         sha = hashlib.sha256(data).hexdigest()
         result = self.cache.load(sha)
         if result is not None:
@@ -468,38 +490,23 @@ class _Worker:
             result, crops = _run_pipeline(self.pipeline, path, data, sha)
             try:
                 result = self.cache.store(result, crops)
-            except OSError as exc:  # a full or read-only cache must not stop the run
+            except DiskFullError:
+                raise
+            except OSError as exc:  # a read-only cache must not stop the run
                 log.warning("%s: could not write to the cache %s (%s)", path, self.cache.dir, exc)
-        if out_stem is not None:
-            _place_crops(result, out_stem, self.cache.config.format)
+        if out_name is not None and result.crops:
+            try:
+                place_crop(result.crops[0], Path(out_name))
+            except OSError as exc:  # the main thread retries and reports it (see _write_outputs)
+                log.debug("%s: could not place %s (%s)", result.path, out_name, exc)
         return result
 
 
-def output_names(stem: str, n: int, fmt: str) -> list[str]:
-    """Names of a photo's ``n`` crops in an output folder: ``stem.fmt``, ``stem_1.fmt``, ..."""
-    return [f"{stem}.{fmt}" if i == 0 else f"{stem}_{i}.{fmt}" for i in range(n)]
-
-
-def _place_crops(result: FileResult, out_stem: str, fmt: str) -> None:
-    """Hard-link (or copy) the cached crops to their output names; an output that is already
-    there with the same size is kept (a re-run into the same folder writes nothing)."""
-    for crop, name in zip(result.crops, output_names(out_stem, len(result.crops), fmt)):
-        target = Path(name)
-        try:
-            if not (target.is_file() and target.stat().st_size == Path(crop).stat().st_size):
-                link_or_copy(crop, target)
-        except OSError as exc:  # the main thread retries and reports it (see _write_outputs)
-            log.debug("%s: could not place %s (%s)", result.path, target, exc)
-
-
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a folder, not an image file"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return f"cannot be read ({exc.strerror or exc})"
+def place_crop(crop: str | Path, target: Path) -> None:
+    """Hard-link (or copy) a cached crop to its output name; an output that is already there
+    with the same size is kept (a re-run into the same folder writes nothing)."""
+    if not (target.is_file() and target.stat().st_size == Path(crop).stat().st_size):
+        link_or_copy(crop, target)
 
 
 def _run_pipeline(pipeline: FacePipeline, path: str, data: bytes, sha: str) -> tuple[FileResult, list[np.ndarray]]:
@@ -530,44 +537,57 @@ def _crop_scale(face: Face, config: PrepareConfig) -> float:
 _PROCESS_WORKER: list[_Worker] = []
 
 
+_PROCESS_SETUP_ERROR: list[str] = []
+
+
 def _init_process(config_dict: dict, cache_root: str) -> None:
     """Worker-process set-up: one thread per process (the processes are the parallelism).
 
     OMP_NUM_THREADS must be set before yuface's OpenMP runtime loads, or two workers each
-    spinning two OpenMP threads on two cores run ten times slower.
+    spinning two OpenMP threads on two cores run ten times slower. A set-up failure is kept
+    and raised with the first photo (an initializer that raises only kills the process).
     """
     os.environ["OMP_NUM_THREADS"] = "1"
-    import cv2
+    try:
+        import cv2
 
-    cv2.setNumThreads(1)
-    _PROCESS_WORKER[:] = [_Worker(PrepareConfig.from_dict(config_dict), cache_root)]
+        cv2.setNumThreads(1)
+        _PROCESS_WORKER[:] = [_Worker(PrepareConfig.from_dict(config_dict), cache_root)]
+    except Exception as exc:  # noqa: BLE001 - reported with the first photo
+        _PROCESS_SETUP_ERROR[:] = [f"{type(exc).__name__}: {exc}"]
 
 
-def _process_in_worker(item: tuple[str, str | None]) -> FileResult:
-    return _PROCESS_WORKER[0](*item)
+def _process_chunk(items: list[tuple[str, str | None]]) -> list[FileResult]:
+    if not _PROCESS_WORKER:
+        raise WorkerError(f"{items[0][0]}: the prepare worker could not start "
+                          f"({_PROCESS_SETUP_ERROR[0] if _PROCESS_SETUP_ERROR else 'unknown error'})")
+    return [_PROCESS_WORKER[0](*item) for item in items]
 
 
 def run_files(paths: Sequence[Path | str], config: PrepareConfig, cache_dir: Path | str | None = None,
               workers: int = 2, progress: bool = True, desc: str = "prepare",
-              processes: bool | None = None, out_stems: Sequence[str] | None = None) -> list[FileResult]:
-    """Run the pipeline over ``paths`` (cached, parallel, with a progress bar), in order.
-    ``out_stems[i]``: where photo i's crops go (see :func:`output_names`), None = only cached.
+              processes: bool | None = None, out_names: Sequence[str] | None = None) -> list[FileResult]:
+    """Run the pipeline over ``paths`` (cached, parallel, with progress), in order.
+    ``out_names[i]``: where photo i's first crop goes, None = only cached.
 
     Workers are processes (``forkserver``) or threads; ``processes=None`` picks processes
     from :data:`PROCESSES_FROM` photos on. Detectors hold the GIL while they run (yuface,
     mtcnn's Python), so only processes run two detections at once; threads start at once and
     share the model, which wins on small jobs.
     """
-    from tqdm.auto import tqdm
+    from facelab._progress import progress as progress_bar
 
     cache_root = str(CropCache(cache_dir, config).root)
-    stems = list(out_stems) if out_stems is not None else [None] * len(paths)
-    if len(stems) != len(paths):
-        raise ValueError(f"{len(paths)} paths but {len(stems)} output stems")
-    todo = [(str(p), s) for p, s in zip(paths, stems)]
+    names = list(out_names) if out_names is not None else [None] * len(paths)
+    if len(names) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(names)} output names")
+    todo = [(str(p), s) for p, s in zip(paths, names)]
     if processes is None:
         processes = len(todo) >= PROCESSES_FROM
-    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, dynamic_ncols=True)
+    # Build the detector here first: a bad option value (or a missing model) stops the run
+    # with one message before any worker starts, and OpenCV is fully imported before threads.
+    cached_detector(config.detector, config.detector_options)
+    bar = progress_bar(len(todo), desc, enabled=progress)
     results: list[FileResult] = []
     try:
         for r in _map(todo, config, cache_root, workers, processes):
@@ -585,17 +605,13 @@ def _map(todo: list[tuple[str, str | None]], config: PrepareConfig, cache_root: 
         worker = _Worker(config, cache_root)
         yield from (worker(*item) for item in todo)
     elif processes:
-        ctx = _mp_context()
-        chunk = max(1, min(16, len(todo) // (workers * 8)))
-        with ctx.Pool(workers, initializer=_init_process, initargs=(config.to_dict(), cache_root)) as pool:
-            yield from pool.imap(_process_in_worker, todo, chunksize=chunk)
+        yield from _map_processes(todo, config, cache_root, workers)
     else:
         yield from _map_threads(todo, config, cache_root, workers)
 
 
 def _map_threads(todo: list[tuple[str, str | None]], config: PrepareConfig, cache_root: str,
                  workers: int):  # noqa: ANN202
-    import threading
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -607,26 +623,122 @@ def _map_threads(todo: list[tuple[str, str | None]], config: PrepareConfig, cach
         return local.worker(*item)
 
     pending: deque = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="facelab-prepare") as pool:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="facelab-prepare")
+    try:
         for item in todo:  # bounded look-ahead keeps memory flat on 200k-photo sources
             pending.append(pool.submit(work, item))
             if len(pending) >= 4 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:  # a failure stops the run at once: queued photos are dropped, not worked on
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _map_processes(todo: list[tuple[str, str | None]], config: PrepareConfig, cache_root: str,
+                   workers: int):  # noqa: ANN202
+    """Chunks of ``todo`` in worker processes. A worker that dies (killed, out of memory)
+    breaks the pool and stops the run with the photos it held; it is never replaced in a
+    loop, and a failure inside a worker comes back as :class:`WorkerError`."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    size = max(1, min(16, len(todo) // (workers * 8)))
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    pool = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_process,
+                               initargs=(config.to_dict(), cache_root))
+    pending: deque = deque()
+    try:
+        for chunk in chunks:
+            pending.append((pool.submit(_process_chunk, chunk), chunk))
+            if len(pending) >= 4 * workers:
+                yield from _chunk_results(*pending.popleft(), BrokenProcessPool)
+        while pending:
+            yield from _chunk_results(*pending.popleft(), BrokenProcessPool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunk_results(future: Any, chunk: list[tuple[str, str | None]], broken: type) -> list[FileResult]:
+    try:
+        return future.result()
+    except broken:
+        raise WorkerError(f"{chunk[0][0]}: a prepare worker process died while working on this photo or "
+                          f"one of the {len(chunk) - 1} after it (killed, or out of memory?); run again "
+                          "(finished photos come from the cache), with --threads to stay in one process") from None
 
 
 def _mp_context():  # noqa: ANN202 - multiprocessing context
     """``forkserver`` where available: workers fork from a clean single-threaded server, so a
     parent that already ran OpenCV, OpenMP or torch threads cannot deadlock them (plain
-    ``fork`` does), and they start much faster than ``spawn``."""
+    ``fork`` does), and they start much faster than ``spawn``.
+
+    The workers never import the caller's ``__main__``: multiprocessing would re-run a user's
+    script in every worker, and a script that calls ``facelab.prepare`` at top level (no
+    ``if __name__ == "__main__":`` guard) would then start workers from its workers, which die
+    and are replaced forever. They need nothing from it (they run facelab code on paths)."""
     import multiprocessing as mp
 
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["facelab.prepare"])
-        return ctx
-    return mp.get_context("spawn")
+    else:
+        ctx = mp.get_context("spawn")
+    return _WithoutMain(ctx)
+
+
+class _WithoutMain:
+    """A multiprocessing context whose processes start without the parent's ``__main__``."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+        self.Process = _PROCESS_WITHOUT_MAIN[ctx.get_start_method()]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+
+def _process_without_main(base: type) -> type:
+    """``base`` (a multiprocessing Process class) started under :func:`_main_module_hidden`;
+    a module-level class, so that the process object pickles."""
+
+    def _Popen(process_obj: Any) -> Any:  # noqa: N802 - multiprocessing's name
+        with _main_module_hidden():
+            return base._Popen(process_obj)
+
+    name = f"_{base.__name__}WithoutMain"
+    cls = type(name, (base,), {"_Popen": staticmethod(_Popen), "__module__": __name__, "__qualname__": name})
+    globals()[name] = cls
+    return cls
+
+
+def _processes_without_main() -> dict[str, type]:
+    from multiprocessing import context
+
+    bases = {"forkserver": getattr(context, "ForkServerProcess", None), "spawn": context.SpawnProcess}
+    return {method: _process_without_main(base) for method, base in bases.items() if base is not None}
+
+
+_PROCESS_WITHOUT_MAIN = _processes_without_main()
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While a worker process is being started, ``sys.modules["__main__"]`` is a blank module:
+    multiprocessing then sends the child no main module to import (it reads the path or the
+    module name of ``__main__`` at that moment)."""
+    import types
+
+    with _MAIN_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
 
 
 # --------------------------------------------------------------------------- table -> cached crops
@@ -701,29 +813,53 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | Non
     if out == table.root or (table.root.is_dir() and out.is_relative_to(table.root) and table.source != "csv"):
         raise ValueError(f"{out}: the output folder must not be inside the source {table.root}")
     _warn_if_reconfigured(out, config)
+    cached_detector(config.detector, config.detector_options)  # a bad option value stops before any output
+    cache_root = CropCache(cache_dir, config).root
+    try:
+        mark_incomplete(out, "facelab prepare")
+        report = _prepare_into(table, out, config, workers, cache_dir, progress, report_html, grid_size, processes)
+    except DiskFullError as exc:
+        raise _disk_full_advice(exc, out, cache_root) from None
+    clear_incomplete(out)
+    log.info("prepare %s -> %s: %s", table.root, out, report.summary())
+    return report
+
+
+def _prepare_into(table: SampleTable, out: Path, config: PrepareConfig, workers: int, cache_dir: str | Path | None,
+                  progress: bool, report_html: bool, grid_size: int, processes: bool | None) -> PrepareReport:
     t0 = time.perf_counter()
-    stems = [str(out / stem) for stem in _output_stems(table)]
-    results = run_files(table.paths, config, cache_dir, workers, progress, processes=processes, out_stems=stems)
-    rows = _write_outputs(table, results, out, config)
+    names = _primary_names(table, config.format)
+    results = run_files(table.paths, config, cache_dir, workers, progress, processes=processes,
+                        out_names=[str(out / n) for n in names])
+    outputs = _write_outputs(table, results, out, names)
     seconds = time.perf_counter() - t0
     counts = dict(Counter(r.status for r in results))
     counts["cached"] = sum(r.cached for r in results)
     counts["kept_from_several"] = sum(r.status == "kept" and r.n_faces > 1 for r in results)
     _log_rejects(results)
-    csv_path = _write_csv(out / REPORT_DIR / "report.csv", results, table.root)
+    csv_path = _write_csv(out / REPORT_DIR / "report.csv", results, outputs)
     grid_path = _write_grid(out / REPORT_DIR / "grid.png", results, grid_size)
     report = PrepareReport(out, counts, results, csv_path, grid_path, None, seconds)
     if report_html:
         report.html_path = _write_html(out / REPORT_DIR / "report.html", report, config, table)
     write_json(out / PREPARED_MANIFEST, {
         "format": 1, "config": config.to_dict(), "source": str(table.root), "source_kind": table.source,
-        "counts": counts, "photos": len(results), "rows": rows,
+        "counts": counts, "photos": len(results), "rows": sum(len(o) for o in outputs),
         "report": {"csv": str(csv_path.relative_to(out)), "grid": str(grid_path.relative_to(out)) if grid_path else None,
                    "html": str(report.html_path.relative_to(out)) if report.html_path else None},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    log.info("prepare %s -> %s: %s", table.root, out, report.summary())
     return report
+
+
+def _disk_full_advice(exc: DiskFullError, out: Path, cache_root: Path) -> DiskFullError:
+    """The disk-full error told about the folder the user chose (the output or the cache)."""
+    again = "then run the same prepare again: photos already done come from the cache"
+    if exc.path.is_relative_to(cache_root):
+        return exc.within(cache_root, f"the crop cache is there; free some space or set --cache-dir "
+                                      f"(or FACELAB_CACHE) to a disk with room, {again}")
+    return exc.within(out, f"{out} is marked incomplete ({INCOMPLETE_MARKER}); free some space or "
+                           f"choose an output folder on another disk, {again}")
 
 
 def _warn_if_reconfigured(out: Path, config: PrepareConfig) -> None:
@@ -746,9 +882,9 @@ def _log_rejects(results: list[FileResult], limit: int = 20) -> None:
         log.warning("... and %d more skipped photos; every reason is in the report CSV", len(rejects) - limit)
 
 
-def _output_stems(table: SampleTable) -> list[str]:
-    """Each row's output name without extension, relative to the output folder."""
-    stems: list[str] = []
+def _output_stems(table: SampleTable) -> list[Path]:
+    """Each row's natural output name without extension, relative to the output folder."""
+    stems: list[Path] = []
     for src in table.paths:
         if table.source == "celeba":
             rel = Path(src.parent.name if src.parent.name != "img_celeba" else "img_align_celeba") / src.name
@@ -756,8 +892,49 @@ def _output_stems(table: SampleTable) -> list[str]:
             rel = Path("images") / _relative(src, table.root.parent)
         else:
             rel = _relative(src, table.root)
-        stems.append(str(rel.with_suffix("")))
+        stems.append(rel.with_suffix(""))
     return stems
+
+
+def _primary_names(table: SampleTable, fmt: str) -> list[str]:
+    """Each photo's output name for its first crop, relative to the output folder, no two
+    alike (case-insensitively, for macOS and Windows disks): ``x.jpg`` and ``x.png`` in one
+    folder become ``x.jpg`` and ``x.png.jpg``. A photo keeps its natural name (the source's
+    stem) when it is the first to claim it; names too long for the file system are cut
+    and given a short hash (:func:`facelab._io.fit_name`)."""
+    suffix = f".{fmt}"
+    stems = _output_stems(table)
+    natural = [str(st.parent / fit_name(st.name, suffix)) for st in stems]
+    names: list[str | None] = [None] * len(stems)
+    taken: set[str] = set()
+    for i, name in enumerate(natural):
+        if name.casefold() not in taken:
+            names[i] = name
+            taken.add(name.casefold())
+    for i, st in enumerate(stems):
+        if names[i] is None:
+            candidates = (st.name + table.paths[i].suffix, *(f"{st.name}~{j}" for j in range(2, 10 ** 6)))
+            names[i] = _first_free(st.parent, candidates, suffix, taken)
+    return names  # type: ignore[return-value]
+
+
+def _first_free(folder: Path, stems: Any, suffix: str, taken: set[str]) -> str:
+    """The first ``folder/stem+suffix`` not in ``taken`` (which it joins)."""
+    for stem in stems:
+        name = str(folder / fit_name(stem, suffix))
+        if name.casefold() not in taken:
+            taken.add(name.casefold())
+            return name
+    raise RuntimeError(f"no free output name for {folder / stems}")  # pragma: no cover - 10^6 tries
+
+
+def _extra_names(primary: str, n: int, taken: set[str]) -> list[str]:
+    """Names of a photo's 2nd..nth crops (``multi_face="all"``): ``photo_1.jpg``, ... unless
+    another photo or crop has that name (``photo_1.jpg`` beside a three-face ``photo.jpg``),
+    then ``photo_1~2.jpg``."""
+    p = Path(primary)
+    return [_first_free(p.parent, (f"{p.stem}_{k}", *(f"{p.stem}_{k}~{j}" for j in range(2, 10 ** 6))),
+                        p.suffix, taken) for k in range(1, n)]
 
 
 def _relative(path: Path, root: Path) -> Path:
@@ -767,20 +944,24 @@ def _relative(path: Path, root: Path) -> Path:
         return Path("external") / hashlib.sha1(str(path.parent).encode()).hexdigest()[:8] / path.name
 
 
-def _write_outputs(table: SampleTable, results: list[FileResult], out: Path, config: PrepareConfig) -> int:
-    """Write the label files (the workers placed the crops; one they could not is copied
-    here, so that its error stops the run); returns the row count."""
+def _write_outputs(table: SampleTable, results: list[FileResult], out: Path, names: list[str]) -> list[list[str]]:
+    """Place every crop under its output name and write the label files; returns each
+    photo's output names. The workers placed first crops; one they could not is placed
+    here, so that its error stops the run."""
+    taken = {n.casefold() for n in names}
+    outputs: list[list[str]] = []
     rows: list[tuple[int, str]] = []
-    for i, (r, stem) in enumerate(zip(results, _output_stems(table))):
-        for crop, name in zip(r.crops, output_names(stem, len(r.crops), config.format)):
-            if not (out / name).is_file():
-                write_bytes(out / name, Path(crop).read_bytes())
+    for i, r in enumerate(results):
+        mine = [names[i], *_extra_names(names[i], len(r.crops), taken)] if r.crops else []
+        for crop, name in zip(r.crops, mine):
+            place_crop(crop, out / name)
             rows.append((i, name))
+        outputs.append(mine)
     if table.source == "celeba":
         _write_celeba_labels(table, rows, out)
     elif table.source == "csv":
         _write_csv_labels(table, rows, out)
-    return len(rows)
+    return outputs
 
 
 def _write_celeba_labels(table: SampleTable, rows: list[tuple[int, str]], out: Path) -> None:
@@ -815,12 +996,25 @@ def _write_csv_labels(table: SampleTable, rows: list[tuple[int, str]], out: Path
 
 # --------------------------------------------------------------------------- report
 
-def _write_csv(path: Path, results: list[FileResult], root: Path) -> Path:
+REPORT_COLUMNS = ("file", "status", "reason", "faces", "crops", "from_cache", "output", "box_width",
+                  "box_height", "score")
+
+
+def _write_csv(path: Path, results: list[FileResult], outputs: list[list[str]]) -> Path:
+    """One row per crop (a rejected photo: one row without one), with the detection's box
+    size in the original photo's pixels and the detector's score: sort by ``box_width`` to
+    review the smallest detections first (where a shoulder or a poster passes for a face)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["file", "status", "reason", "faces", "crops", "from_cache"])
-    for r in results:
-        w.writerow([r.path, r.status, r.reason, r.n_faces, len(r.crops), int(r.cached)])
+    w.writerow(REPORT_COLUMNS)
+    for r, names in zip(results, outputs):
+        head = [r.path, r.status, r.reason, r.n_faces, len(r.crops), int(r.cached)]
+        if not names:
+            w.writerow([*head, "", "", "", ""])
+        for name, face in zip(names, r.faces or [None] * len(names)):
+            box = face["box"] if face else None
+            w.writerow([*head, name, round(box[2] - box[0], 1) if box else "", round(box[3] - box[1], 1) if box else "",
+                        face.get("score", "") if face else ""])
     return write_text(path, buf.getvalue())
 
 

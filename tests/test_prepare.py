@@ -80,7 +80,7 @@ def test_config_round_trip_and_checks() -> None:
         PrepareConfig.from_dict({"sise": 3})
     with pytest.raises(ValueError, match="unknown detector 'viola'.*yuface"):
         PrepareConfig(detector="viola")
-    with pytest.raises(ValueError, match="multi_face must be one of largest, all, skip"):
+    with pytest.raises(ValueError, match="multi_face must be one of largest, main, all, skip"):
         PrepareConfig(multi_face="first")
     with pytest.raises(ValueError, match="margin"):
         PrepareConfig(margin=-0.5)

@@ -11,6 +11,8 @@ import os
 
 import typer
 
+from facelab._progress import stderr_is_terminal
+
 app = typer.Typer(
     name="facelab",
     help="Folders of face photos in; trained, explained and served face classifiers out.",
@@ -30,6 +32,10 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
         level=logging.DEBUG if verbose else getattr(logging, os.environ.get("FACELAB_LOG", "INFO")),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not stderr_is_terminal():
+        # In a log file every redraw of a progress bar is kept: redraw every 30 s at most
+        # (prepare and collect log a line per tenth of the work instead of a bar).
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
 
 
 for _stage in _STAGES:

@@ -1,11 +1,20 @@
-"""Turn expected user errors into one clear line on stderr and exit code 2 (no traceback)."""
+"""Turn expected errors into one clear line on stderr (no traceback).
+
+Exit codes: 2 bad input (a file, a path, an option), 3 disk full (free space and run the
+same command again: it resumes), 4 a worker failed on a photo (the photo and the reason
+are on the line)."""
 from __future__ import annotations
 
 import sys
 
 import typer
 
+from facelab._io import DiskFullError, is_disk_full
 from facelab.data import DataError
+
+EXIT_BAD_INPUT = 2
+EXIT_DISK_FULL = 3
+EXIT_WORKER_FAILED = 4
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -32,7 +41,16 @@ def run_app(app: typer.Typer) -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
+        if is_disk_full(exc):
+            message = exc if isinstance(exc, DiskFullError) else DiskFullError(exc.filename or "?")
+            typer.echo(f"facelab: error: {message}", err=True)
+            sys.exit(EXIT_DISK_FULL)
+        from facelab.prepare import WorkerError
+
+        if isinstance(exc, WorkerError):
+            typer.echo(f"facelab: error: {exc}", err=True)
+            sys.exit(EXIT_WORKER_FAILED)
         if isinstance(exc, user_error_types()):
             typer.echo(f"facelab: error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
         raise
