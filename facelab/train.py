@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from facelab._io import read_json, save_torch, write_json, write_text
+from facelab._io import DiskFullError, read_json, save_torch, write_json, write_text
 from facelab.augment import PRESETS, AugmentConfig, augment_batch, get_preset
 from facelab.bundle import BUNDLE_DIR, make_bundle, resize_crops, save_bundle
 from facelab.data import DataError, SampleTable, load_source
@@ -814,13 +814,18 @@ def train(data: str | Path | TrainConfig, **options: Any) -> Path:
     >>> run = train("faces/", model="efficientnet_lite0", epochs=3)
     """
     config = replace(data, **options) if isinstance(data, TrainConfig) else TrainConfig(data=str(data), **options)
-    if config.model == FACE_EMBED:
-        from facelab.people import train_face_embed
+    try:
+        if config.model == FACE_EMBED:
+            from facelab.people import train_face_embed
 
-        return train_face_embed(load_table(config), config, config.run_dir)
-    if config.ensemble > 1:
-        return train_ensemble(config)
-    return _train_single(config)
+            return train_face_embed(load_table(config), config, config.run_dir)
+        if config.ensemble > 1:
+            return train_ensemble(config)
+        return _train_single(config)
+    except DiskFullError as exc:  # every run file is written atomically: the last epoch saved is whole
+        raise exc.within(config.run_dir, "free some space (or train into another folder with --out), then "
+                                         "run the same command with --resume: it continues from the last "
+                                         "saved epoch") from None
 
 
 def train_ensemble(config: TrainConfig) -> Path:

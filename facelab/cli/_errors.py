@@ -34,13 +34,12 @@ def run_app(app: typer.Typer) -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the CLI boundary
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
+        code = getattr(exc, "exit_code", None)  # click's, or the copy typer ships (typer._click)
+        if isinstance(code, int) and callable(getattr(exc, "show", None)):
+            exc.show()  # a usage error: "No such option: --bogus"
+            sys.exit(code)
+        if isinstance(code, int) and type(exc).__name__ == "Exit":
+            sys.exit(code)
         if is_disk_full(exc):
             message = exc if isinstance(exc, DiskFullError) else DiskFullError(exc.filename or "?")
             typer.echo(f"facelab: error: {message}", err=True)
