@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from facelab._io import atomic_path, write_bytes
+from facelab._io import DiskFullError, atomic_path, write_bytes
 from facelab._phash import DIFF_THRESHOLD, NEAR_THRESHOLD, Fingerprint, find_same, fingerprint
-from facelab.data import DataError
+from facelab.data import DataError, clear_incomplete, mark_incomplete
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +217,25 @@ class _Transient(Exception):
     """A failure worth retrying (timeouts, connection errors, 429/5xx)."""
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) only: urllib also follows ``ftp://`` (and the list was
+    checked to hold http(s) URLs, not where they lead)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise _Reject(f"HTTP {code} redirect to a non-http(s) address ({scheme}:), not followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 def _get(url: str, config: CollectConfig) -> bytes:
     req = urllib.request.Request(url, headers={"User-Agent": config.user_agent, "Accept": "image/*"})
     deadline = time.monotonic() + config.timeout
     try:
-        with urllib.request.urlopen(req, timeout=config.timeout) as resp:  # noqa: S310 - http(s) checked
+        with _OPENER.open(req, timeout=config.timeout) as resp:  # noqa: S310 - http(s) checked, redirects too
             ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if ctype.startswith("text/") or ctype in ("application/json", "application/xhtml+xml"):
                 raise _Reject(f"not an image: the server sent {ctype} (a web page, not a photo)")
@@ -346,9 +361,20 @@ def collect(urls_file: str | Path, out: str | Path, config: CollectConfig | None
     if overrides:
         config = CollectConfig(**{**asdict(config), **overrides})
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / MANIFEST
     entries = read_url_list(urls_file)
+    try:
+        report = _collect_into(entries, out, config, progress)
+    except DiskFullError as exc:
+        raise exc.within(out, f"{out} is marked incomplete; free some space and run the same collect "
+                              "again: saved photos are kept and only the rest are downloaded") from None
+    clear_incomplete(out)
+    return report
+
+
+def _collect_into(entries: list[Entry], out: Path, config: CollectConfig, progress: bool) -> CollectReport:
+    out.mkdir(parents=True, exist_ok=True)
+    mark_incomplete(out, "facelab collect")
+    manifest = out / MANIFEST
     earlier = read_manifest(manifest)
     saver = _Saver(out, config)
     todo: list[Entry] = []
@@ -372,11 +398,24 @@ def collect(urls_file: str | Path, out: str | Path, config: CollectConfig | None
             todo.append(e)
     if skipped:
         log.info("%s: %d URL(s) already settled by an earlier run; skipped", manifest, skipped)
-    _download_all(todo, saver, config, manifest, entries, progress)
+    try:
+        _download_all(todo, saver, config, manifest, entries, progress)
+    except DiskFullError:
+        _save_manifest_if_possible(manifest, entries)
+        raise
     write_manifest(manifest, entries)
     counts = dict(Counter(e.status for e in entries))
     log.info("collect: %s -> %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), out)
     return CollectReport(out=out, manifest=manifest, counts=counts, entries=entries, skipped=skipped)
+
+
+def _save_manifest_if_possible(manifest: Path, entries: list[Entry]) -> None:
+    """After a full disk: the manifest of what was saved, if there is room for it (a re-run
+    then skips those URLs); if not, the photos on disk are downloaded again (same names)."""
+    try:
+        write_manifest(manifest, entries)
+    except OSError as exc:
+        log.warning("%s: could not be updated (%s)", manifest, exc)
 
 
 def _download_all(todo: list[Entry], saver: _Saver, config: CollectConfig, manifest: Path,
@@ -384,9 +423,9 @@ def _download_all(todo: list[Entry], saver: _Saver, config: CollectConfig, manif
     """Download with a pool; results are settled in list order, so which copy of a duplicate
     is kept does not depend on network timing. At most ``8 * workers`` downloads are in flight
     or waiting for their turn (bounded memory)."""
-    from tqdm.auto import tqdm
+    from facelab._progress import progress as progress_bar
 
-    bar = tqdm(total=len(todo), desc="collect", unit="url", disable=not progress or not todo)
+    bar = progress_bar(len(todo), "collect", unit="url", enabled=progress)
     last_save = time.monotonic()
     ready: dict[int, _Fetched] = {}
     next_submit = next_settle = 0

@@ -51,6 +51,8 @@ class _Server:
         routes["/truncated.jpg"] = ("image/jpeg", photos[2][: len(photos[2]) // 3])
         routes["/huge.png"] = ("image/png", _bomb_png(60000, 60000))
         routes["/flaky.jpg"] = ("image/jpeg", photos[3])
+        redirects = {"/to-ftp.jpg": "ftp://127.0.0.1:1/photo.jpg", "/to-file.jpg": "file:///etc/passwd",
+                     "/to-photo.jpg": "/p/5.jpg"}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,6 +69,12 @@ class _Server:
                 server.hits[self.path] += 1
                 if self.path == "/slow.jpg":
                     time.sleep(3)
+                if self.path in redirects:
+                    self.send_response(302)
+                    self.send_header("Location", redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path == "/flaky.jpg" and server.hits[self.path] == 1:
                     self.send_error(503, "busy")
                     return
@@ -193,3 +201,53 @@ def test_cli_collect(server: _Server, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "facelab", "collect", str(tmp_path / "none.txt"),
                           str(tmp_path / "o2")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "URL list not found" in bad.stderr
+
+
+def test_redirects_are_followed_to_http_only(server: _Server, tmp_path: Path) -> None:
+    urls = _write_list(tmp_path / "urls.csv", server.base,
+                       [("/to-ftp.jpg", "a"), ("/to-file.jpg", "a"), ("/to-photo.jpg", "a")])
+    got = _by_url(collect(urls, tmp_path / "out", progress=False, **FAST), server.base)
+    assert got["/to-photo.jpg"][0] == "ok"
+    assert got["/to-ftp.jpg"] == ("rejected", "HTTP 302 redirect to a non-http(s) address (ftp:), not followed")
+    assert got["/to-file.jpg"][0] == "rejected" and "not allowed" in got["/to-file.jpg"][1]  # urllib's own check
+    assert server.hits["/to-ftp.jpg"] == 1  # refused, not retried
+
+
+def test_a_full_disk_stops_collect_marked_incomplete_and_it_resumes(
+        server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC at facelab's write layer after two photos (the real full-disk tests of prepare,
+    train and export are in test_disk_full.py)."""
+    import errno
+    import os
+
+    import facelab._io as fio
+    from facelab._io import DiskFullError
+    from facelab.data import INCOMPLETE_MARKER
+
+    rows = [(f"/p/{i}.jpg", "x") for i in range(6)]
+    urls = _write_list(tmp_path / "urls.csv", server.base, rows)
+    out = tmp_path / "out"
+    real_write = fio._write_new
+    photos_written: list[str] = []
+
+    def full_after_two(tmp: Path, path: Path, data: bytes) -> None:
+        if path.suffix == ".jpg":
+            if len(photos_written) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            photos_written.append(path.name)
+        real_write(tmp, path, data)
+
+    monkeypatch.setattr(fio, "_write_new", full_after_two)
+    with pytest.raises(DiskFullError, match=f"disk full writing to {out} .*marked incomplete"):
+        collect(urls, out, progress=False, **{**FAST, "workers": 1})
+    assert (out / INCOMPLETE_MARKER).is_file()
+    with pytest.raises(DataError, match="incomplete, facelab collect stopped"):
+        load_source(out)
+    with (out / "manifest.csv").open() as f:  # written after the failure: what was saved
+        assert sum(r["status"] == "ok" for r in csv.DictReader(f)) == 2
+    monkeypatch.setattr(fio, "_write_new", real_write)
+    hits = sum(server.hits.values())
+    again = collect(urls, out, progress=False, **FAST)
+    assert again.counts == {"ok": 6} and again.skipped == 2
+    assert sum(server.hits.values()) - hits == 4  # only the photos not saved before
+    assert not (out / INCOMPLETE_MARKER).exists() and len(load_source(out)) == 6
