@@ -143,9 +143,13 @@ def _stats(path: Path) -> ImageStats:
 
     from PIL import Image
 
-    from facelab.images import decode_image
+    from facelab._io import os_reason
+    from facelab.images import ImageError, decode_image
 
-    data = path.read_bytes() if path.is_file() else b""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # a symbolic link loop is not an "empty file"
+        raise ImageError(path, os_reason(exc)) from None
     rgb = decode_image(data, name=str(path))
     with Image.open(io.BytesIO(data)) as img:
         fmt = img.format or path.suffix.lstrip(".").upper()
@@ -245,8 +249,9 @@ def duplicate_groups(stats: Sequence[ImageStats | None], cfg: InspectConfig) -> 
     for i in ok:
         by_sha[stats[i].sha256].append(i)
     exact = [g for g in by_sha.values() if len(g) > 1]
-    # Near-identical pictures among one representative per exact group.
-    reps = [g[0] for g in by_sha.values()]
+    # Near-identical pictures among one representative per exact group. A flat picture (one
+    # colour, no detail) hashes like every other flat picture: only its exact copies count.
+    reps = [g[0] for g in by_sha.values() if not _flat(stats[g[0]])]
     pairs = near_pairs([stats[i].fp for i in reps], cfg.hash_threshold, cfg.diff_threshold)
     rep_of = {g[0]: g for g in by_sha.values()}
     out: list[tuple[list[int], str]] = []
@@ -257,6 +262,15 @@ def duplicate_groups(stats: Sequence[ImageStats | None], cfg: InspectConfig) -> 
         out.append((rows, "near"))
     out += [(sorted(g), "exact") for g in exact if g[0] not in near_members]
     return sorted(out)
+
+
+FLAT_CONTRAST = 2.0
+"""A picture whose brightness varies less than this (std of 0-255 luma) has no detail to
+compare: flat single-colour images are not "near-identical" to one another."""
+
+
+def _flat(s: ImageStats) -> bool:
+    return s.contrast < FLAT_CONTRAST
 
 
 def check_duplicates(table: SampleTable, dups: list[tuple[list[int], str]]) -> list[Finding]:
@@ -381,17 +395,30 @@ def check_faces(table: SampleTable, cfg: InspectConfig, progress: bool) -> tuple
     pcfg = PrepareConfig(detector=cfg.detector) if cfg.detector else PrepareConfig()
     results = run_files(table.paths, pcfg, workers=cfg.workers, progress=progress, desc="inspect faces")
     per: dict[str, Counter] = {}
+    several: dict[str, Counter] = {}
     for name, mask in _groups_of_rows(table).items():
         per[name] = Counter(results[i].status for i in np.flatnonzero(mask))
+        # under the default policy (keep the largest) a photo of several people is "kept":
+        # flagged all the same, since which face speaks for the label is a guess
+        several[name] = Counter(no_face=per[name]["no_face"],
+                                several=sum(results[i].n_faces > 1 for i in np.flatnonzero(mask)))
+    fixes = {"no-face": "check these photos; facelab prepare drops them",
+             "several-faces": f"check these photos; facelab prepare {_several_faces_policy(pcfg)}: crop them "
+                              "to the labelled person, or remove them"}
     findings = []
-    for status, check in (("no_face", "no-face"), ("several_faces", "several-faces")):
-        bad = [r.path for r in results if r.status == status]
+    for key, check, test in (("no_face", "no-face", lambda r: r.status == "no_face"),
+                             ("several", "several-faces", lambda r: r.n_faces > 1)):
+        bad = [r.path for r in results if test(r)]
         if bad:
-            by = ", ".join(f"{n}: {c[status]}" for n, c in per.items() if c[status])
-            findings.append(Finding(check, "warning", f"{len(bad)} photo(s) with status {status} ({by})",
-                                    "check these photos; facelab prepare drops them (or keeps the largest "
-                                    "face with --multi-face largest)", bad))
+            by = ", ".join(f"{n}: {c[key]}" for n, c in several.items() if c[key])
+            what = "without a face" if check == "no-face" else "with several faces"
+            findings.append(Finding(check, "warning", f"{len(bad)} photo(s) {what} ({by})", fixes[check], bad))
     return findings, {n: dict(c) for n, c in per.items()}
+
+
+def _several_faces_policy(pcfg: Any) -> str:
+    return {"skip": "drops them", "all": "keeps every face, each with the photo's label"}.get(
+        pcfg.multi_face, f"keeps one face (multi_face={pcfg.multi_face})")
 
 
 def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats | None],

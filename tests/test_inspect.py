@@ -200,3 +200,28 @@ def test_label_error_from_a_trained_run(tmp_path: Path, celeba_mini: Path) -> No
     (label,) = report.find("label-error")
     assert [f.split(":")[0] for f in label.files] == [str(wrong)]
     assert "model says ['ben']" in label.files[0]
+
+
+def test_link_loops_flat_pictures_and_several_faces(tmp_path: Path, orl_faces: Path, celeba_mini: Path) -> None:
+    """A symbolic link loop is reported as such (not as an empty file); two flat pictures of
+    different colours are not 'the same picture'; a group photo is flagged under the default
+    multi-face policy (which keeps the largest face, so its status is 'kept')."""
+    from test_prepare_faults import _group_photo
+
+    root = tmp_path / "data"
+    for person in ("s1", "s2"):
+        (root / person).mkdir(parents=True)
+        for k in range(1, 5):
+            shutil.copy(orl_faces / person / f"{k}.pgm", root / person / f"{k}.pgm")
+    (root / "s1" / "loop.jpg").symlink_to("loop.jpg")
+    Image.new("RGB", (120, 120), (255, 255, 255)).save(root / "s1" / "white.png")  # these two hash alike
+    Image.new("RGB", (120, 120), (128, 128, 128)).save(root / "s2" / "grey.png")
+    _group_photo(celeba_mini, root / "s2" / "group.jpg", 3)
+    report = inspect(root, tmp_path / "r", InspectConfig(faces=True, samples=0), progress=False)
+    (bad,) = report.find("unreadable")
+    assert bad.files == [f"{root / 's1' / 'loop.jpg'}: symbolic link loop (the link leads back to itself)"]
+    assert not report.find("duplicate") and not report.find("leakage-duplicate")
+    (several,) = report.find("several-faces")
+    assert several.files == [str(root / "s2" / "group.jpg")] and "s2: 1" in several.message
+    assert "keeps one face (multi_face=largest)" in several.fix
+    assert report.summary["faces"]["s2"]["kept"] >= 5  # the group photo is kept, and flagged all the same
