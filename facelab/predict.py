@@ -183,24 +183,65 @@ def classify_crops(predictor: Any, crops: list[np.ndarray]) -> tuple[np.ndarray,
 def expand_paths(inputs: Sequence[str | Path]) -> list[Path]:
     """Files, folders (recursive, image suffixes) and globs -> sorted unique photo paths.
 
-    A name that matches nothing is an error (a typo should not silently predict nothing)."""
+    A name that matches nothing, a broken link and a symbolic link loop stay in the list
+    (logged): predict reports each as unreadable with its reason and goes on with the other
+    paths. Nothing at all to predict is an error (a typo should not silently predict nothing)."""
     found: list[Path] = []
     for item in inputs:
         text = str(item)
         path = Path(text).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
+            found += _photos_in(path)
+        elif path.is_file() or path.is_symlink():
             found.append(path)
         elif glob.has_magic(text):
             hits = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
             if not hits:
-                raise FileNotFoundError(f"{text}: the pattern matches no file")
+                log.warning("%s: the pattern matches no file", text)
             found += hits
         else:
-            raise FileNotFoundError(f"{text}: no such file or folder")
+            log.warning("%s: no such file or folder", text)
+            found.append(path)
+    if not any(p.is_file() for p in found):
+        raise FileNotFoundError(f"{', '.join(map(str, inputs))}: no photo to predict (no such file, or "
+                                "nothing with an image suffix)")
     seen: set[Path] = set()
-    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    return [p for p in found if not (_key(p) in seen or seen.add(_key(p)))]
+
+
+def _photos_in(folder: Path) -> list[Path]:
+    """Image files under ``folder``; a link with an image name that leads nowhere (broken, or a
+    loop) is kept, so that it is reported instead of silently dropped."""
+    photos = []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.is_file():
+            photos.append(p)
+        elif p.is_symlink():
+            log.warning("%s: %s", p, _link_problem(p))
+            photos.append(p)
+    return photos
+
+
+def _link_problem(path: Path) -> str:
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+        return f"broken symbolic link (its target {os.readlink(path)} is missing)"
+    return "not a regular file"
+
+
+def _key(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        return path.absolute()
 
 
 @dataclass
@@ -255,9 +296,9 @@ class PredictReport:
         """A readable table: photo, face, box, decision and the ``top`` most likely labels."""
         lines = [f"{'photo':40s} {'face':>4s}  {'box (x0 y0 x1 y1)':20s} {'decision':24s} top probabilities"]
         for p in self.photos:
-            name = _short(p.path, 40)
+            name = _short(_printable(p.path), 40)
             if not p.faces:
-                lines.append(f"{name:40s} {'-':>4s}  {p.status}: {p.reason}")
+                lines.append(f"{name:40s} {'-':>4s}  {p.status}: {_printable(p.reason)}")
             for i, f in enumerate(p.faces):
                 pred = prediction_dict(self.task, f.probs, f.identity)
                 best = sorted(pred["probs"].items(), key=lambda kv: -kv[1])[:top]
@@ -270,6 +311,12 @@ class PredictReport:
 def _decision_text(pred: dict[str, Any]) -> str:
     d = pred["decision"]
     return ",".join(d) if isinstance(d, list) else str(d)
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line: a newline or another control character in a file name is shown
+    escaped (``\\n``), so that it cannot break the table."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _short(text: str, width: int) -> str:
