@@ -34,7 +34,7 @@ def serve_cmd(
                                    help="Every face of an image, even when the run keeps only the largest."),
     max_connections: int = typer.Option(256, help="Requests handled at once; one more gets a JSON 503 "
                                                    "'busy' with Retry-After (/healthz is always answered)."),
-    max_idle_connections: int = typer.Option(128, help="Connections without a request in progress kept at once "
+    max_idle_connections: int = typer.Option(1024, help="Connections without a request in progress kept at once "
                                                        "per process; one more closes the oldest idle one "
                                                        "(never-served first)."),
     header_timeout: float = typer.Option(10.0, help="Seconds to send a whole request head (408 and close after)."),

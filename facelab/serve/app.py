@@ -89,10 +89,11 @@ class ServeConfig:
     ``request_timeout``)."""
     keep_alive_timeout: int = 10
     """Seconds an idle keep-alive connection stays open between two requests."""
-    max_idle_connections: int = 128
+    max_idle_connections: int = 1024
     """Connections per server process without a request in progress (just opened, still
     sending a request head, or keep-alive) kept at once; one more closes the oldest idle
-    one, never-served connections first, so an idle-connection flood evicts itself."""
+    one, never-served connections first, so an idle-connection flood evicts itself. The
+    server raises its open-file limit to fit (or lowers this to what the limit allows)."""
     max_header_bytes: int = 32 * 1024
     """Largest request head (request line + headers) in bytes; 431 above."""
     max_form_parts: int = 8
@@ -120,6 +121,10 @@ class ServeConfig:
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty (--api-key '' or FACELAB_API_KEY=); give a real key, "
                              "or unset it to run without authentication")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
+                                             and self.api_key == self.api_key.strip()):
+            raise ValueError("the API key must be printable ASCII without leading or trailing spaces "
+                             "(it travels in an HTTP header)")
 
     def guard_limits(self) -> Any:
         from facelab.serve.guard import GuardLimits
@@ -162,6 +167,8 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.close = False
+        """Close the connection after the answer (the rest of the request body is not read)."""
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
@@ -197,6 +204,8 @@ class Service:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     cpu_pool: ThreadPoolExecutor | None = None
     model_pool: ThreadPoolExecutor | None = None
+    form_pool: ThreadPoolExecutor | None = None
+    """Multipart parsing (its own threads: a form is not queued behind face detections)."""
     _local: threading.local = field(default_factory=threading.local)
     _configs: dict[str, Any] = field(default_factory=dict)
 
@@ -206,6 +215,7 @@ class Service:
         threads = self.config.threads or os.cpu_count() or 2
         self.cpu_pool = ThreadPoolExecutor(threads, thread_name_prefix="facelab-cpu")
         self.model_pool = ThreadPoolExecutor(max(1, len(self.config.runs)), thread_name_prefix="facelab-model")
+        self.form_pool = ThreadPoolExecutor(2, thread_name_prefix="facelab-form")
         for run in self.config.runs:
             predictor = load_predictor(run, self.config.backend, self.config.model_threads)
             name = _unique(model_name(run), self.models)
@@ -299,7 +309,7 @@ class Service:
     async def stop(self) -> None:
         for m in self.models.values():
             await m.batcher.stop()
-        for pool in (self.cpu_pool, self.model_pool):
+        for pool in (self.cpu_pool, self.model_pool, self.form_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
@@ -359,43 +369,6 @@ def _too_large(n: int, limit: int, more: bool = False) -> ApiError:
 
 # --------------------------------------------------------------------------- uploads
 
-async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` + the form
-    overhead allowance (in memory); the message quotes ``limit``."""
-    from starlette.requests import ClientDisconnect
-
-    cap = limit + FORM_OVERHEAD
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise _too_large(int(declared), limit)
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise _too_large(size, limit, more=True)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "disconnected", "the client went away before its upload was complete") from None
-    return b"".join(chunks)
-
-
-def image_from_request(body: bytes, content_type: str, max_parts: int = 8,
-                       max_part_header_bytes: int = 4096) -> bytes:
-    """The image bytes of a multipart form (field ``image`` or the first file) or a raw
-    body. CPU-bound for a form: call it in a worker thread, not on the event loop."""
-    if content_type.startswith("multipart/form-data"):
-        parts = parse_multipart(body, content_type, max_parts, max_part_header_bytes)
-        for name, filename, data in parts:
-            if name == "image" or filename:
-                return data
-        raise ApiError(400, "missing_image", "the form has no file; send the photo in a field named 'image'")
-    if not body:
-        raise ApiError(400, "missing_image", "empty request; POST a photo as multipart field 'image' "
-                                             "or as the raw body with Content-Type image/jpeg")
-    return body
-
-
 class _FormLimit(Exception):
     """Raised inside the multipart parser's callbacks to stop at a limit."""
 
@@ -403,59 +376,139 @@ class _FormLimit(Exception):
         self.error = error
 
 
-def parse_multipart(body: bytes, content_type: str, max_parts: int = 8,
-                    max_part_header_bytes: int = 4096) -> list[tuple[str, str, bytes]]:
-    """(field name, filename, data) of every part, parsed in memory (never spooled to
-    disk). Stops with a 413 at the ``max_parts + 1``-th part, or when one part's headers
-    pass ``max_part_header_bytes``."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
+class FormParser:
+    """An incremental, in-memory multipart parser (never spooled to disk) with caps: it
+    stops with a 413 at the ``max_parts + 1``-th part, or when one part's headers pass
+    ``max_part_header_bytes``, so a body of thousands of tiny parts is refused after its
+    first few, before the rest is even read. :meth:`feed` is CPU work: call it in a worker
+    thread, not on the event loop."""
 
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise ApiError(400, "bad_form", "multipart upload without a boundary")
-    parts: list[tuple[str, str, bytes]] = []
-    cur: dict[str, Any] = {}
+    def __init__(self, content_type: str, max_parts: int = 8, max_part_header_bytes: int = 4096) -> None:
+        from python_multipart.multipart import MultipartParser, parse_options_header
 
-    def part_begin() -> None:
-        if len(parts) >= max_parts:
-            raise _FormLimit(ApiError(413, "too_many_parts", f"the form has more than {max_parts} parts "
+        _, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise ApiError(400, "bad_form", "multipart upload without a boundary")
+        self.max_parts, self.max_part_header_bytes = max_parts, max_part_header_bytes
+        self.parts: list[tuple[str, str, bytes]] = []
+        self._cur: dict[str, Any] = {}
+        self._parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_bytes("field", d, s, e),
+            "on_header_value": lambda d, s, e: self._header_bytes("value", d, s, e),
+            "on_header_end": self._header_end,
+            "on_part_data": lambda d, s, e: self._cur["data"].extend(d[s:e]),
+            "on_part_end": self._part_end,
+        })
+
+    def feed(self, chunk: bytes) -> None:
+        self._call(self._parser.write, chunk)
+
+    def finish(self) -> list[tuple[str, str, bytes]]:
+        """(field name, filename, data) of every part."""
+        self._call(self._parser.finalize)
+        return self.parts
+
+    def _call(self, fn: Callable, *args: Any) -> None:
+        try:
+            fn(*args)
+        except _FormLimit as exc:
+            raise exc.error from None
+        except Exception as exc:  # noqa: BLE001 - any parser failure is the client's malformed form
+            raise ApiError(400, "bad_form", f"malformed multipart form ({exc})") from None
+
+    def _part_begin(self) -> None:
+        if len(self.parts) >= self.max_parts:
+            raise _FormLimit(ApiError(413, "too_many_parts", f"the form has more than {self.max_parts} parts "
                                       "(--max-form-parts); send the photo in one field named 'image'"))
-        cur.update(headers={}, data=bytearray(), field=bytearray(), value=bytearray(), header_bytes=0)
+        self._cur.update(headers={}, data=bytearray(), field=bytearray(), value=bytearray(), header_bytes=0)
 
-    def header_bytes(target: str, d: bytes, s: int, e: int) -> None:
-        cur["header_bytes"] += e - s
-        if cur["header_bytes"] > max_part_header_bytes:
+    def _header_bytes(self, target: str, d: bytes, s: int, e: int) -> None:
+        self._cur["header_bytes"] += e - s
+        if self._cur["header_bytes"] > self.max_part_header_bytes:
             raise _FormLimit(ApiError(413, "part_header_too_large", f"a form part's headers are larger than "
-                                      f"{max_part_header_bytes} bytes (--max-part-header-bytes)"))
-        cur[target].extend(d[s:e])
+                                      f"{self.max_part_header_bytes} bytes (--max-part-header-bytes)"))
+        self._cur[target].extend(d[s:e])
 
-    def header_end() -> None:
+    def _header_end(self) -> None:
+        cur = self._cur
         cur["headers"][bytes(cur["field"]).lower()] = bytes(cur["value"])
         cur["field"], cur["value"] = bytearray(), bytearray()
 
-    def part_end() -> None:
-        _, disp = parse_options_header(cur["headers"].get(b"content-disposition", b""))
-        parts.append((disp.get(b"name", b"").decode(errors="replace"),
-                      disp.get(b"filename", b"").decode(errors="replace"), bytes(cur["data"])))
+    def _part_end(self) -> None:
+        from python_multipart.multipart import parse_options_header
 
-    callbacks = {
-        "on_part_begin": part_begin,
-        "on_header_field": lambda d, s, e: header_bytes("field", d, s, e),
-        "on_header_value": lambda d, s, e: header_bytes("value", d, s, e),
-        "on_header_end": header_end,
-        "on_part_data": lambda d, s, e: cur["data"].extend(d[s:e]),
-        "on_part_end": part_end,
-    }
+        _, disp = parse_options_header(self._cur["headers"].get(b"content-disposition", b""))
+        self.parts.append((disp.get(b"name", b"").decode(errors="replace"),
+                           disp.get(b"filename", b"").decode(errors="replace"), bytes(self._cur["data"])))
+
+
+def parse_multipart(body: bytes, content_type: str, max_parts: int = 8,
+                    max_part_header_bytes: int = 4096) -> list[tuple[str, str, bytes]]:
+    """(field name, filename, data) of every part of a whole multipart body (:class:`FormParser`)."""
+    form = FormParser(content_type, max_parts, max_part_header_bytes)
+    form.feed(body)
+    return form.finish()
+
+
+def image_of_form(parts: list[tuple[str, str, bytes]]) -> bytes:
+    """The photo of a form: field ``image``, else the first file."""
+    for name, filename, data in parts:
+        if name == "image" or filename:
+            return data
+    raise ApiError(400, "missing_image", "the form has no file; send the photo in a field named 'image'")
+
+
+FEED_BYTES = 256 * 1024
+"""A form's body goes to the parser thread in pieces of about this size (the first at once)."""
+
+
+async def read_upload(request: Any, config: ServeConfig, pool: Any) -> bytes:
+    """The photo of a request (multipart field ``image`` or the first file, or the raw
+    body), read into memory and refused with 413 as soon as it passes the limits.
+
+    A form is parsed while it arrives, in ``pool``'s threads (never on the event loop), so
+    a form of many tiny parts is refused after its first piece. An error while the body
+    is still arriving is marked ``close``: the answer closes the connection rather than
+    reading the rest."""
+    from starlette.requests import ClientDisconnect
+
+    limit = config.max_upload_bytes
+    content_type = request.headers.get("content-type", "")
+    form = FormParser(content_type, config.max_form_parts, config.max_part_header_bytes) \
+        if content_type.startswith("multipart/form-data") else None
+    cap = limit + (FORM_OVERHEAD if form else 0)
+    declared = request.headers.get("content-length")
+    loop = asyncio.get_running_loop()
+    chunks, pending, size = [], [], 0
     try:
-        parser = MultipartParser(boundary, callbacks)
-        parser.write(body)
-        parser.finalize()
-    except _FormLimit as exc:
-        raise exc.error from None
-    except Exception as exc:  # noqa: BLE001 - any parser failure is the client's malformed form
-        raise ApiError(400, "bad_form", f"malformed multipart form ({exc})") from None
-    return parts
+        if declared and declared.isdigit() and int(declared) > cap:
+            raise _too_large(int(declared), limit)
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise _too_large(size, limit, more=True)
+            if form is None:
+                chunks.append(chunk)
+                continue
+            pending.append(chunk)
+            if size == len(chunk) or sum(map(len, pending)) >= FEED_BYTES:  # the first piece at once
+                await loop.run_in_executor(pool, form.feed, b"".join(pending))
+                pending = []
+    except ApiError as exc:
+        exc.close = True
+        raise
+    except ClientDisconnect:
+        raise ApiError(400, "disconnected", "the client went away before its upload was complete") from None
+    if form is None:
+        if not size:
+            raise ApiError(400, "missing_image", "empty request; POST a photo as multipart field 'image' "
+                                                 "or as the raw body with Content-Type image/jpeg")
+        return b"".join(chunks)
+    if pending:
+        await loop.run_in_executor(pool, form.feed, b"".join(pending))
+    return image_of_form(await loop.run_in_executor(pool, form.finish))
 
 
 # --------------------------------------------------------------------------- the app
@@ -579,7 +632,7 @@ def create_app(config: ServeConfig, key: ApiKey | None = None) -> Any:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Any, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers={"Connection": "close"} if exc.close else None)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Any, exc: HTTPException) -> JSONResponse:
@@ -650,11 +703,7 @@ def api_router() -> Any:
         cfg = service.config
 
         async def work() -> dict[str, Any]:
-            body = await read_body(request, cfg.max_upload_bytes)
-            content_type = request.headers.get("content-type", "")
-            data = await asyncio.get_running_loop().run_in_executor(
-                service.cpu_pool, image_from_request, body, content_type, cfg.max_form_parts,
-                cfg.max_part_header_bytes)  # a form of many tiny parts is CPU work: not on the event loop
+            data = await read_upload(request, cfg, service.form_pool)
             return await service.analyse(data, chosen)
 
         return await _with_timeout(work(), service.config.request_timeout)
@@ -799,6 +848,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
         raise ValueError(f"log level {log_level!r} is not one of {', '.join(logs.LEVELS)} "
                          "(trace would print request headers, API keys included)")
     uvicorn = _require_uvicorn()
+    config = _fit_open_files(config)
     os.environ.pop(API_KEY_ENV, None)  # child processes need not inherit the key
     options = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=config.keep_alive_timeout,
                    limit_concurrency=None, ws_max_size=config.max_upload_bytes + FORM_OVERHEAD, access_log=access_log,
@@ -813,6 +863,29 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
     data["api_key_digest"] = ApiKey.of(key).encode() if key else None
     os.environ[CONFIG_ENV] = json.dumps(data)
     uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **options)
+
+
+def _fit_open_files(config: ServeConfig) -> ServeConfig:
+    """Raise the soft open-file limit (inherited by ``--workers`` processes) so that
+    ``max_idle_connections`` + ``max_in_flight`` sockets fit; where the hard limit is lower,
+    lower ``max_idle_connections`` to fit it, with a warning."""
+    import resource
+
+    spare = 128  # model files, pipes, the listening socket, log files
+    need = config.max_idle_connections + config.max_in_flight + spare
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < need:
+        fit = max(16, soft - config.max_in_flight - spare)
+        log.warning("open-file limit %d is too low for --max-idle-connections %d + --max-connections %d: "
+                    "idle connections capped at %d (raise it with ulimit -n)", soft,
+                    config.max_idle_connections, config.max_in_flight, fit)
+        config = dataclasses.replace(config, max_idle_connections=fit)
+    return config
 
 
 def app_from_env() -> Any:

@@ -48,7 +48,7 @@ class GuardLimits:
     """Seconds to send a whole request head (fresh: from connecting; kept: from its first byte)."""
     body_timeout: float = 10.0
     """Longest pause in seconds between two pieces of a request body the app waits for."""
-    max_idle: int = 128
+    max_idle: int = 1024
     """Most fresh + kept connections at once; one more closes the oldest idle one."""
     max_header_bytes: int = 32 * 1024
     """Largest request head in bytes (431 above)."""

@@ -27,23 +27,39 @@ async function loadModels() {
   $("models").innerHTML = "";
   for (const m of state.models) {
     const label = document.createElement("label");
-    label.innerHTML = `<input type="checkbox" value="${esc(m.name)}" checked> ${esc(m.name)} <small>${m.task.kind}, ` +
-      `${m.task.labels.length} labels, ${m.backend}</small>`;
+    label.innerHTML = `<input type="checkbox" value="${esc(m.name)}" checked> ${esc(m.name)} <small>${esc(m.task.kind)}, ` +
+      `${m.task.labels.length} labels, ${esc(m.backend)}</small>`;
     $("models").appendChild(label);
   }
   setStatus(`${state.models.length} model(s) ready`);
 }
 
-// ---------------------------------------------------------------- drawing
-function modelLine(name, pred) {
+// ---------------------------------------------------------------- answers
+// Every shape the API gives: a decision that is a label, a list of labels (multilabel),
+// "unknown" for a stranger (face-embed: a name with no probability of its own), or none;
+// probabilities that may be missing.
+function decisions(pred) {
   const d = pred.decision;
-  const items = Array.isArray(d) ? d : [d];
-  if (!items.length) { return `${name}: ${pred.top} ${pred.probs[pred.top].toFixed(2)} (below threshold)`; }
-  return `${name}: ` + items.slice(0, 3).map((l) => `${l} ${pred.probs[l].toFixed(2)}`).join(", ");
+  if (Array.isArray(d)) { return d.map(String); }
+  return d === undefined || d === null || d === "" ? [] : [String(d)];
 }
+function prob(pred, label) {
+  const p = pred.probs ? pred.probs[label] : undefined;
+  return typeof p === "number" ? p : null;
+}
+function labelText(pred, label) {
+  const p = prob(pred, label);
+  return p === null ? label : `${label} ${p.toFixed(2)}`;
+}
+function modelLine(name, pred) {
+  const items = decisions(pred);
+  if (items.length) { return `${name}: ` + items.slice(0, 3).map((l) => labelText(pred, l)).join(", "); }
+  if (pred.top) { return `${name}: ${labelText(pred, pred.top)} (below threshold)`; }
+  return `${name}: —`;
+}
+function faceLines(face) { return Object.entries(face.predictions || {}).map(([n, p]) => modelLine(n, p)); }
 
-function faceLines(face) { return Object.entries(face.predictions).map(([n, p]) => modelLine(n, p)); }
-
+// ---------------------------------------------------------------- drawing
 function drawFaces(ctx, faces, scale) {
   // text size follows the picture's size, so labels stay readable on small and large photos
   const px = Math.max(12, Math.round(ctx.canvas.width / 45));
@@ -55,77 +71,122 @@ function drawFaces(ctx, faces, scale) {
     ctx.strokeStyle = color;
     ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
     ctx.fillStyle = color;
-    for (const [x, y] of face.landmarks) { ctx.fillRect(x * scale - 2, y * scale - 2, 4, 4); }
+    for (const [x, y] of face.landmarks || []) { ctx.fillRect(x * scale - 2, y * scale - 2, 4, 4); }
     const lines = faceLines(face);
     const lh = Math.round(px * 1.3);
     let y = Math.max(lh * lines.length, y0) - lh * lines.length;
     for (const text of lines) {
       const w = ctx.measureText(text).width + 8;
-      ctx.fillStyle = "rgba(0,0,0,.65)"; ctx.fillRect(x0, y, w, lh);
-      ctx.fillStyle = "#fff"; ctx.fillText(text, x0 + 4, y + lh - px * 0.3);
+      // keep the label inside the picture: shift it left at the right edge
+      const x = Math.max(0, Math.min(x0, ctx.canvas.width - w));
+      ctx.fillStyle = "rgba(0,0,0,.65)"; ctx.fillRect(x, y, w, lh);
+      ctx.fillStyle = "#fff"; ctx.fillText(text, x + 4, y + lh - px * 0.3);
       y += lh;
     }
   });
 }
 
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") { node.className = v; } else { node.setAttribute(k, v); }
+  }
+  for (const c of children) { node.append(c); }
+  return node;
+}
+
+function modelBlock(name, pred) {
+  const decided = new Set(decisions(pred));
+  const block = el("div", { class: "model", "data-model": name },
+    el("b", {}, `${name}: ${[...decided].join(", ") || "—"}`));
+  if (decided.has("unknown") && prob(pred, "unknown") === null) {
+    block.append(el("p", { class: "note", "data-testid": "unknown" },
+      "Not one of the known people (the nearest known face is too far away)."));
+  }
+  const rows = Object.entries(pred.probs || {}).filter(([, p]) => typeof p === "number")
+    .sort((a, b) => b[1] - a[1]).slice(0, 8);
+  for (const [label, p] of rows) {
+    const fill = el("span", { class: "fill" });
+    fill.style.width = `${(100 * Math.min(1, Math.max(0, p))).toFixed(1)}%`;  // CSSOM: allowed by the CSP
+    block.append(el("div", { class: decided.has(label) ? "bar on" : "bar" }, el("span", {}, label),
+      el("span", { class: "track" }, fill), el("span", { class: "p" }, p.toFixed(2))));
+  }
+  return block;
+}
+
 function renderResults(result) {
   const box = $("results");
-  box.innerHTML = "";
-  if (!result.faces.length) { box.innerHTML = "<p class='face' data-testid='no-face'>No face found in this photo.</p>"; }
-  result.faces.forEach((face, i) => {
-    const div = document.createElement("div");
-    div.className = "face";
-    div.innerHTML = `<h3>Face ${i + 1} <small>score ${face.score.toFixed(2)}</small></h3>`;
-    for (const [name, pred] of Object.entries(face.predictions)) {
-      const decided = new Set(Array.isArray(pred.decision) ? pred.decision : [pred.decision]);
-      const rows = Object.entries(pred.probs).sort((a, b) => b[1] - a[1]).slice(0, 8);
-      div.insertAdjacentHTML("beforeend", `<div class="model" data-model="${esc(name)}"><b>${esc(name)}: ` +
-        `${esc([...decided].join(", ")) || "—"}</b>` + rows.map(([l, p]) =>
-        `<div class="bar${decided.has(l) ? " on" : ""}"><span>${esc(l)}</span><span class="track">` +
-        `<span class="fill" style="width:${(100 * p).toFixed(1)}%"></span></span>` +
-        `<span class="p">${p.toFixed(2)}</span></div>`).join("") + "</div>");
-    }
-    box.appendChild(div);
+  box.replaceChildren();
+  const faces = result.faces || [];
+  if (!faces.length) { box.append(el("p", { class: "face", "data-testid": "no-face" }, "No face found in this photo.")); }
+  faces.forEach((face, i) => {
+    const score = typeof face.score === "number" ? ` score ${face.score.toFixed(2)}` : "";
+    const div = el("div", { class: "face" }, el("h3", {}, `Face ${i + 1} `, el("small", {}, score)));
+    for (const [name, pred] of Object.entries(face.predictions || {})) { div.append(modelBlock(name, pred)); }
+    box.append(div);
   });
-  box.insertAdjacentHTML("beforeend", `<p class="note">${result.width}×${result.height} px, ` +
-    `${result.timing_ms.total} ms on the server</p>`);
+  const ms = result.timing_ms ? `, ${result.timing_ms.total} ms on the server` : "";
+  box.append(el("p", { class: "note" }, `${result.width}×${result.height} px${ms}`));
 }
 
 // ---------------------------------------------------------------- photo
+function clearView() {
+  $("results").replaceChildren();
+  $("live-labels").textContent = "";
+  const canvas = $("canvas");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+}
+
 async function analysePhoto(file) {
   stopCamera();
   showError("");
   const models = selected();
   if (!models.length) { showError("Choose at least one model."); return; }
+  clearView();
   const img = new Image();
   img.src = URL.createObjectURL(file);
   await img.decode().catch(() => null);
   const form = new FormData();
   form.append("image", file, file.name || "photo");
   setStatus("analysing…");
-  const resp = await fetch(`/api/predict?models=${encodeURIComponent(models.join(","))}`,
-    { method: "POST", body: form, headers: headers() });
-  if (!resp.ok) { showError(await errorText(resp)); setStatus("error"); return; }
-  const result = await resp.json();
-  const canvas = $("canvas");
-  const scale = img.naturalWidth ? Math.min(1, 900 / img.naturalWidth) : 1;
-  canvas.width = Math.round(result.width * scale);
-  canvas.height = Math.round(result.height * scale);
-  const ctx = canvas.getContext("2d");
-  if (img.naturalWidth) { ctx.drawImage(img, 0, 0, canvas.width, canvas.height); }
-  drawFaces(ctx, result.faces, scale);
-  renderResults(result);
-  setStatus(`${result.faces.length} face(s)`);
+  try {
+    const resp = await fetch(`/api/predict?models=${encodeURIComponent(models.join(","))}`,
+      { method: "POST", body: form, headers: headers() });
+    if (!resp.ok) { showError(await errorText(resp)); setStatus("error"); return; }
+    const result = await resp.json();
+    const canvas = $("canvas");
+    const scale = img.naturalWidth ? Math.min(1, 900 / img.naturalWidth) : 1;
+    canvas.width = Math.round(result.width * scale);
+    canvas.height = Math.round(result.height * scale);
+    const ctx = canvas.getContext("2d");
+    if (img.naturalWidth) { ctx.drawImage(img, 0, 0, canvas.width, canvas.height); }
+    drawFaces(ctx, result.faces || [], scale);
+    renderResults(result);
+    setStatus(`${(result.faces || []).length} face(s)`);
+  } catch (err) {
+    showError(`The photo could not be analysed: ${err.message}`);
+    setStatus("error");
+  } finally {
+    URL.revokeObjectURL(img.src);
+  }
 }
 
 // ---------------------------------------------------------------- webcam
 function stopCamera() {
-  if (state.ws) { state.ws.close(); state.ws = null; }
+  if (state.ws) { const ws = state.ws; state.ws = null; ws.close(); }
   if (state.stream) { state.stream.getTracks().forEach((t) => t.stop()); state.stream = null; }
   $("video").hidden = true;
   $("camera").textContent = "Start webcam";
   $("camera").classList.remove("stop");
   $("fps").textContent = "";
+}
+
+// The key travels as a WebSocket subprotocol (a browser cannot set headers there), never in the URL.
+function keyProtocol(key) {
+  const bytes = new TextEncoder().encode(key);
+  let bin = "";
+  for (const b of bytes) { bin += String.fromCharCode(b); }
+  return "facelab.key." + btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
 async function startCamera() {
@@ -135,6 +196,7 @@ async function startCamera() {
   try {
     state.stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
   } catch (err) { showError(`Cannot open the webcam: ${err.message}`); return; }
+  clearView();  // the previous photo's results do not belong under the live video
   const video = $("video");
   video.srcObject = state.stream;
   video.hidden = false;
@@ -143,8 +205,8 @@ async function startCamera() {
   $("camera").classList.add("stop");
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const params = new URLSearchParams({ models: models.join(",") });
-  if (state.key) { params.set("api_key", state.key); }
-  const ws = new WebSocket(`${proto}://${location.host}/api/stream?${params}`);
+  const protocols = state.key ? ["facelab", keyProtocol(state.key)] : ["facelab"];
+  const ws = new WebSocket(`${proto}://${location.host}/api/stream?${params}`, protocols);
   state.ws = ws;
   const grab = document.createElement("canvas");
   let t0 = performance.now(), frames = 0;
@@ -156,10 +218,19 @@ async function startCamera() {
     grab.toBlob((blob) => { if (blob && ws.readyState === WebSocket.OPEN) { ws.send(blob); } }, "image/jpeg", 0.8);
   };
   ws.onopen = send;
-  ws.onerror = () => showError("The live connection failed.");
+  ws.onerror = () => { if (state.ws === ws) { showError("The live connection failed."); } };
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) { return; }  // stopped on purpose
+    if (!$("error").textContent) { showError(`The live connection closed (code ${ev.code}${ev.reason ? ": " + ev.reason : ""}).`); }
+    stopCamera();
+  };
   ws.onmessage = (ev) => {
-    const msg = JSON.parse(ev.data);
-    if (msg.error) { showError(msg.error.message); } else if (msg.faces) { drawLive(msg, grab.width, video); }
+    try {
+      const msg = JSON.parse(ev.data);
+      if (msg.error) { showError(msg.error.message); } else if (msg.faces) { showError(""); drawLive(msg, grab.width, video); }
+    } catch (err) {
+      showError(`Could not show the answer: ${err.message}`);
+    }
     frames += 1;
     const dt = (performance.now() - t0) / 1000;
     if (dt > 1) { $("fps").textContent = `${(frames / dt).toFixed(1)} frames/s`; t0 = performance.now(); frames = 0; }
@@ -192,6 +263,7 @@ $("camera").addEventListener("click", () => (state.stream ? stopCamera() : start
 $("savekey").addEventListener("click", () => {
   state.key = $("apikey").value.trim();
   sessionStorage.setItem("facelab-key", state.key);
-  loadModels();
+  showError("");
+  loadModels().catch((err) => showError(`Cannot load the models: ${err.message}`));
 });
 loadModels().catch((err) => showError(`Cannot reach the server: ${err.message}`));
