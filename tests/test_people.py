@@ -335,3 +335,27 @@ def test_predict_and_serve_say_unknown_for_strangers(orl_run: Path, orl_faces: P
     rows = _batch_fn(predictor)(crops)
     assert [r[0].shape for r in rows] == [(len(KNOWN),)] * 3
     assert rows[2][1] == "s1" and "unknown" in (rows[0][1], rows[1][1])
+
+
+def test_open_set_scores_match_a_direct_computation(orl_run: Path) -> None:
+    """Leave-one-out scores of both rules against a plain loop over the real gallery."""
+    bundle = json.loads((orl_run / "bundle" / "bundle.json").read_text())
+    assert bundle["open_set"]["rule"] == "centroid" and people.open_set_rule({}) == "nearest"  # old runs
+    g = people.Gallery.load(orl_run / "bundle" / bundle["model"]["files"]["gallery"])
+    x, y = g.embeddings.astype(np.float64), g.labels
+    genuine, impostor = [], []
+    for i in range(len(x)):
+        rest = np.arange(len(x)) != i
+        centres = {c: x[rest & (y == c)].mean(0) for c in np.unique(y[rest])}
+        impostor.append(min(np.linalg.norm(x[i] - m) for c, m in centres.items() if c != y[i]))
+        if (y == y[i]).sum() >= 2:
+            genuine.append(min(np.linalg.norm(x[i] - m) for m in centres.values()))
+    got_genuine, got_impostor = people.open_set_scores(g, "centroid")
+    np.testing.assert_allclose(np.sort(got_genuine), np.sort(genuine), atol=1e-5)
+    np.testing.assert_allclose(np.sort(got_impostor), np.sort(impostor), atol=1e-5)
+    near_genuine, near_impostor = people.open_set_scores(g, "nearest")
+    d = np.linalg.norm(x[:, None] - x[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_allclose(np.sort(near_genuine), np.sort(d.min(1)), atol=1e-5)
+    np.testing.assert_allclose(np.sort(near_impostor), np.sort(np.where(y[:, None] != y[None], d, np.inf).min(1)),
+                               atol=1e-5)
