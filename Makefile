@@ -22,6 +22,7 @@ bench: setup
 	$(PY) -m facelab train $(DATA) --model lenet5 --epochs 2 --name bench-serve --overwrite
 	$(PY) -m facelab train $(DATA) --model efficientnet_lite0 --size 128 --epochs 2 --name bench-serve-lite0 --overwrite
 	$(PY) bench/serve.py --run runs/bench-serve runs/bench-serve-lite0
+	$(PY) bench/attack.py --run runs/bench-serve
 	$(PY) bench/people.py
 	$(PY) bench/evaluate.py
 	$(PY) bench/inspect_collect.py

@@ -114,7 +114,9 @@ def attacker(port: int, idle: int, bodies: int, parts: int, seconds: float, out:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())
-    out.put({**counts, "peak_open": peak[0], "body_bytes": len(request)})
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put({**counts, "peak_open": peak[0], "body_bytes": len(request),
+             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)})
 
 
 # --------------------------------------------------------------------------- honest side
@@ -147,15 +149,28 @@ async def honest_phase(port: int, photos: list[bytes], clients: int, seconds: fl
                                 **bench_serve.percentiles(finite), "max_ms": round(max(finite or [0]), 1)}}
 
 
-def run_phase(port: int, photos: list[bytes], args: argparse.Namespace, attack: bool) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_phase(port: int, photos: list[bytes], args: argparse.Namespace, attack: bool, server_pid: int) -> dict:
+    """One phase; with the server's CPU seconds over the measured time (and the attacker's
+    over its whole run)."""
+    cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
     if not attack:
-        return {"phase": "unloaded", **asyncio.run(honest_phase(port, photos, args.clients, args.seconds))}
+        row = {"phase": "unloaded", **asyncio.run(honest_phase(port, photos, args.clients, args.seconds))}
+        row["server_cpu_per_s"] = round((cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0), 2)
+        return row
     out: Any = mp.get_context("spawn").Queue()
     proc = mp.get_context("spawn").Process(target=attacker, args=(port, args.idle, args.bodies, args.parts,
                                                                    args.seconds + args.warmup + 1, out))
     proc.start()
     time.sleep(args.warmup)  # the attack is in place before the honest clients start
+    cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
     row = {"phase": "attack", **asyncio.run(honest_phase(port, photos, args.clients, args.seconds))}
+    row["server_cpu_per_s"] = round((cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0), 2)
     row["attacker"] = out.get(timeout=120)
     proc.join(timeout=30)
     return row
@@ -186,7 +201,7 @@ def main() -> None:
     port = bench_serve.free_port()
     server = bench_serve.start_server(args.run, port, args.serve_args.split())
     try:
-        rows = [run_phase(port, photos, args, attack) for attack in (False, True)]
+        rows = [run_phase(port, photos, args, attack, server.pid) for attack in (False, True)]
         import httpx
 
         guard = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json()["connections"]
@@ -215,7 +230,11 @@ def main() -> None:
               f"{h['max_ms']:7.1f} {h['failed']:6d}")
     a = hit["attacker"]
     print(f"\nattacker: {a['opened']} connections opened (at most {a['peak_open']} open at once), "
-          f"many-part answers {({k: v for k, v in a.items() if k.startswith('bodies_')})}")
+          f"many-part answers {({k: v for k, v in a.items() if k.startswith('bodies_')})}, "
+          f"{a['cpu_s']:.1f} CPU s in {args.seconds + args.warmup + 1:g} s")
+    per_cpu = [r["images_per_s"] / r["server_cpu_per_s"] if r["server_cpu_per_s"] else 0.0 for r in rows]
+    print(f"server CPU (cores busy): unloaded {base['server_cpu_per_s']:.2f}, attack {hit['server_cpu_per_s']:.2f}; "
+          f"images per server CPU-second: unloaded {per_cpu[0]:.0f}, attack {per_cpu[1]:.0f}")
     print(f"server guard: {guard}")
     print(f"throughput under attack: {100 * ratio:.0f} % of unloaded; targets (>= 80 %, 0 errors, healthz p99 < "
           f"200 ms): {met}")
