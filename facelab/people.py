@@ -521,10 +521,14 @@ def train_face_embed(table: SampleTable, config: Any = None, run_dir: str | Path
              "threshold %.3f (leave-one-out: strangers let in %.1f%%, known photos turned away %.1f%%); %s",
              len(model.labels), len(crops), _fmt(metrics["accuracy"]), cal.threshold, 100 * cal.far,
              100 * cal.frr, run_dir)
-    for row in bundle["open_set"]["tradeoff"]:
-        log.info("  to let in at most %.1f%% of strangers: threshold %.3f turns away %.1f%% of known photos",
-                 100 * row["target_far"], row["threshold"], 100 * row["frr"])
+    if bundle["open_set"]["tradeoff"]:
+        log.info("trade-off (-M target_far=...): %s", _tradeoff_text(bundle["open_set"]["tradeoff"]))
     return run_dir
+
+
+def _tradeoff_text(rows: list[dict]) -> str:
+    return "; ".join(f"strangers <= {100 * r['target_far']:g}%: threshold {r['threshold']:.3f}, "
+                     f"known turned away {100 * r['frr']:.1f}%" for r in rows)
 
 
 def _fmt(value: float) -> str:
@@ -833,12 +837,15 @@ class EnrollReport:
     new_person: bool = False
     people: int = 0
     seconds: float = 0.0
+    threshold: tuple[float, float] = (float("nan"), float("nan"))
+    """The unknown threshold before and after (recalibrated on the grown gallery)."""
 
     def summary(self) -> str:
         what = "new person" if self.new_person else "known person"
         skipped = f"; skipped {len(self.skipped)} photo(s) without a face" if self.skipped else ""
         return (f"enrolled {self.added} photo(s) of {self.person!r} ({what}); the run now knows "
-                f"{self.people} people{skipped} ({self.seconds:.1f} s)")
+                f"{self.people} people{skipped}; unknown threshold {self.threshold[0]:.3f} -> "
+                f"{self.threshold[1]:.3f} ({self.seconds:.1f} s)")
 
 
 def enroll(run: str | Path, person: str, photos: Sequence[str | Path], progress: bool = False) -> EnrollReport:
@@ -875,7 +882,8 @@ def enroll(run: str | Path, person: str, photos: Sequence[str | Path], progress:
     new_model = IdentityModel.fit(labels, gallery, cfg, model.threshold)
     open_set = _recalibrated(predictor.bundle.get("open_set") or {}, gallery, new_model)
     _write_enrolled(bdir, {**predictor.bundle, "open_set": open_set}, new_model)
-    return EnrollReport(person, int(found.sum()), skipped, new_person, len(labels), time.perf_counter() - t0)
+    return EnrollReport(person, int(found.sum()), skipped, new_person, len(labels), time.perf_counter() - t0,
+                        (model.threshold, new_model.threshold))
 
 
 def open_set_rule(bundle: dict) -> str:
