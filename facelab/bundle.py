@@ -214,5 +214,18 @@ def load(run_or_bundle_dir: str | Path, **kwargs: Any) -> Predictor:
     if int(bundle.get("format", FORMAT)) > FORMAT:
         raise ValueError(f"{bdir}: bundle format {bundle['format']} is newer than this facelab "
                          f"understands ({FORMAT}); upgrade facelab")
-    cls = backend_class(bundle["model"].get("backend", "torch"))
+    backend = bundle["model"].get("backend", "torch")
+    cls = backend_class(backend)
+    _check_options(cls.from_bundle, kwargs, f"{bdir} ({backend} backend)")
     return cls.from_bundle(bdir, bundle, **kwargs)
+
+
+def _check_options(factory: Any, options: dict[str, Any], what: str) -> None:
+    """Refuse options the backend's loader does not take, naming the ones it does."""
+    import inspect
+
+    valid = [n for n in inspect.signature(factory).parameters if n not in ("bundle_dir", "bundle_dict")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{what}: option(s) {', '.join(unknown)} not understood; valid: "
+                         f"{', '.join(valid) or 'none'}")

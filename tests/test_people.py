@@ -359,3 +359,11 @@ def test_open_set_scores_match_a_direct_computation(orl_run: Path) -> None:
     np.testing.assert_allclose(np.sort(near_genuine), np.sort(d.min(1)), atol=1e-5)
     np.testing.assert_allclose(np.sort(near_impostor), np.sort(np.where(y[:, None] != y[None], d, np.inf).min(1)),
                                atol=1e-5)
+
+
+def test_load_names_the_options_a_backend_takes(orl_run: Path) -> None:
+    import facelab
+
+    with pytest.raises(ValueError, match=r"face-embed backend\): option\(s\) device not understood; valid: none"):
+        facelab.load(orl_run, device="cpu")
+    assert facelab.load(orl_run).labels == sorted(KNOWN)
