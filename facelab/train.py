@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from facelab.metrics import balanced_accuracy, confusion_matrix
 from facelab.models import backbone_parameters, classifier_parameters, create_model, get_spec
 from facelab.tasks import Task, infer_task, targets_from_table
 
+if TYPE_CHECKING:
+    from facelab.store import CropStore
+
 log = logging.getLogger(__name__)
 
 # Picked by bench/tasks.py (mean balanced accuracy on people the model never saw, across
@@ -43,6 +46,7 @@ DEFAULT_MODEL = "mobilenetv2_100"
 SCHEDULES = ("onecycle", "cosine")
 IMBALANCE_MODES = ("auto", "none", "weighted", "oversample")
 MONITORS = ("balanced_accuracy", "valid_loss", "accuracy")
+LOADERS = ("auto", "memory", "stream")
 #: Held out for validation when the source has no official partition.
 DEFAULT_VALID_FRACTION = 0.2
 FACE_EMBED = "face-embed"
@@ -124,7 +128,21 @@ class TrainConfig:
     prepare: dict[str, Any] | None = None
     """Face preparation for raw photos (``PrepareConfig.to_dict()`` fields); None = defaults."""
     cache_dir: str | None = None
-    """Face-crop cache folder; None = ``$FACELAB_CACHE`` or ``~/.cache/facelab``."""
+    """Face-crop cache folder; None = ``$FACELAB_CACHE`` or ``~/.cache/facelab``. Crop stores
+    (``loader`` stream) live in its ``stores/``."""
+    loader: str = "auto"
+    """How the crops reach the loop: ``memory`` (decoded once into one uint8 array; the
+    fastest on small data), ``stream`` (a crop store on disk, ``facelab.store``, read a batch
+    at a time by worker processes that also augment on a CPU: memory stays flat as photos
+    grow, and each DDP rank reads only its own shards), or ``auto`` (memory while the train
+    and valid crops at the input size fit in ``memory_budget_mb``)."""
+    memory_budget_mb: float = 2048.0
+    """With ``loader`` auto: the most megabytes of crops held in memory before streaming."""
+    loader_workers: int | None = None
+    """Streaming: worker processes reading (and on a CPU augmenting) batches; None = 2,
+    0 = read in the training process."""
+    shard_rows: int = 1024
+    """Streaming: crops per store shard (DDP ranks own whole shards)."""
     max_batches: int | None = None
     """Cap on training steps per epoch (quick smoke runs)."""
     resume: bool = False
@@ -160,6 +178,10 @@ class TrainConfig:
                   (self.patience is None or self.patience >= 1, "patience must be >= 1"),
                   (self.max_batches is None or self.max_batches >= 1, "max_batches must be >= 1"),
                   (self.ensemble >= 1, "ensemble must be >= 1"),
+                  (self.loader in LOADERS, f"loader must be one of {LOADERS}"),
+                  (self.memory_budget_mb >= 0, "memory_budget_mb must be >= 0"),
+                  (self.loader_workers is None or self.loader_workers >= 0, "loader_workers must be >= 0"),
+                  (self.shard_rows >= 1, "shard_rows must be >= 1"),
                   (self.task is None or self.task in ("binary", "multiclass", "multilabel"),
                    "task must be binary, multiclass or multilabel")]
         for ok, message in checks:
@@ -197,14 +219,15 @@ class TrainConfig:
 
 @dataclass
 class Data:
-    """The training data, ready for the loop: crops resized to ``size`` in memory."""
+    """The training data, ready for the loop: crops resized to ``size``, in memory or in a
+    crop store on disk (``TrainConfig.loader``)."""
 
     table: SampleTable
     task: Task
-    train_x: torch.Tensor
-    """uint8 (N, size, size, 3)."""
+    train_x: "torch.Tensor | CropStore"
+    """uint8 (N, size, size, 3): a tensor, or a store indexed the same way."""
     train_y: torch.Tensor
-    valid_x: torch.Tensor
+    valid_x: "torch.Tensor | CropStore"
     valid_y: torch.Tensor
     split: str
     """How the validation set was chosen (for the log and the config)."""
@@ -213,6 +236,16 @@ class Data:
     """Face-embedding groups per class when the data had no identities (``GroupReport``)."""
     train_rows: np.ndarray | None = None
     valid_rows: np.ndarray | None = None
+    loader_workers: int = 0
+    """Streamed: worker processes that read (and on a CPU augment) each batch."""
+    train_part: np.ndarray | None = None
+    """Streamed under DDP: the training rows this rank reads (its own shards)."""
+    part_rows: int = 0
+    """Streamed under DDP: rows every rank takes per epoch (the smallest part)."""
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.train_x, torch.Tensor)
 
 
 def load_table(config: TrainConfig) -> SampleTable:
@@ -343,7 +376,8 @@ def load_crops(paths: Sequence[Path], size: int, progress: bool) -> np.ndarray:
     return out
 
 
-def load_data(config: TrainConfig, size: int) -> Data:
+def load_data(config: TrainConfig, size: int, rt: "Runtime | None" = None) -> Data:
+    """Source -> prepared crops -> task, split, targets -> crops in memory or streamed."""
     table, prep = prepared_table(load_table(config), config)
     task = infer_task(table, config.task)
     table = without_test_split(table)
@@ -354,10 +388,59 @@ def load_data(config: TrainConfig, size: int) -> Data:
     y = torch.from_numpy(targets_from_table(table, task))
     log.info("%s: %s task, %d labels; %d train / %d valid (%s)", table.root, task.kind, len(task.labels),
              len(train), len(valid), how)
+    t, v = torch.from_numpy(train), torch.from_numpy(valid)
+    if use_stream(config, len(train) + len(valid), size):
+        return stream_data(Data(table, task, None, y[t], None, y[v], how, prep, groups, train, valid),  # type: ignore[arg-type]
+                           config, size, rt)
     rows = np.concatenate([train, valid])  # the test partition is never read here
     x = torch.from_numpy(load_crops([table.paths[i] for i in rows], size, config.progress))
-    t, v = torch.from_numpy(train), torch.from_numpy(valid)
     return Data(table, task, x[:len(train)], y[t], x[len(train):], y[v], how, prep, groups, train, valid)
+
+
+def use_stream(config: TrainConfig, n_rows: int, size: int) -> bool:
+    """Stream from a crop store when asked, or (``auto``) when the crops would not fit the
+    memory budget. Small data stays in memory: no store to write, no worker processes."""
+    if config.loader != "auto":
+        return config.loader == "stream"
+    return n_rows * size * size * 3 > config.memory_budget_mb * 2**20
+
+
+def stream_data(data: Data, config: TrainConfig, size: int, rt: "Runtime | None") -> Data:
+    """Train and valid crops in two crop stores under ``<cache>/stores/`` (built where
+    missing). Under DDP each rank builds the training shards it reads and rank 0 the valid
+    shards; after a barrier, a rank that still misses a shard (a cache folder local to each
+    machine) builds it itself."""
+    from facelab import store as S
+    from facelab.prepare import default_cache_dir
+
+    rank, world = (rt.rank, rt.world) if rt is not None else (0, 1)
+    local_main = int(os.environ.get("LOCAL_RANK", rank)) == 0
+    root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    table = data.table
+    paths = {part: [table.paths[i] for i in rows] for part, rows in (("train", data.train_rows), ("valid", data.valid_rows))}
+    specs = {part: S.spec_for(p, size, root, config.shard_rows) for part, p in paths.items()}
+    need = {"train": S.rank_shards(specs["train"], rank, world), "valid": list(range(specs["valid"].shards))}
+    first = {"train": need["train"], "valid": need["valid"] if rank == 0 else []}
+    for when, builds in (("first", first), ("local", need if local_main else {}), ("last", need)):
+        for part, shards in builds.items():
+            written = S.build_shards(specs[part], paths[part], shards, progress=config.progress and rank == 0)
+            if written and when != "first":
+                log.info("rank %d: built %d %s shard(s) missing after the others finished (a cache folder "
+                         "per machine?)", rank, len(written), part)
+        if rt is not None and when != "last":
+            _barrier(rt)
+    if rank == 0:
+        for part, rows in (("train", data.train_rows), ("valid", data.valid_rows)):
+            sub = table.subset(rows)
+            S.write_index(specs[part], sub.paths, [sub.source_of(i) for i in range(len(sub))], sub.labels,
+                          sub.identities, sub.splits)
+        log.info("streaming crops: train %s; valid %s", S.describe(specs["train"]), S.describe(specs["valid"]))
+    data.train_x, data.valid_x = S.CropStore(specs["train"]), S.CropStore(specs["valid"])
+    data.loader_workers = 2 if config.loader_workers is None else config.loader_workers
+    if world > 1:
+        data.train_part = S.rank_rows(specs["train"], rank, world)
+        data.part_rows = min(len(S.rank_rows(specs["train"], r, world)) for r in range(world))
+    return data
 
 
 def without_test_split(table: SampleTable) -> SampleTable:
@@ -504,7 +587,11 @@ class Runtime:
         x = xb.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         if augment is not None and g is not None:
             x = augment_batch(x, augment, g)
-        x = (x - self.mean) / self.std
+        return self.normalise(x)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """A float NCHW batch in [0, 1] (already augmented) -> the model's input on the device."""
+        x = (x.to(self.device, non_blocking=True) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def autocast(self) -> Any:
@@ -559,16 +646,28 @@ def _all_mean(value: float, rt: Runtime) -> float:
 # --------------------------------------------------------------------------- the loop
 
 def epoch_batches(n: int, batch_size: int, epoch_seed: int, rt: Runtime, max_batches: int | None,
-                  sample_weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+                  sample_weight: torch.Tensor | None = None, part: np.ndarray | None = None,
+                  part_rows: int = 0) -> list[torch.Tensor]:
     """This process's batches of row indices for one epoch: shuffled with the epoch's seed
-    (so every rank draws the same order), sharded across ranks, the last tiny batch dropped."""
+    (so every rank draws the same order), sharded across ranks, the last tiny batch dropped.
+
+    With ``part`` (a streamed store under DDP) a rank draws only from its own rows, shuffled
+    with the epoch's seed, and takes ``part_rows`` of them, so every rank makes as many steps."""
     g = torch.Generator().manual_seed(epoch_seed)
-    if sample_weight is not None:
-        order = torch.multinomial(sample_weight, n, replacement=True, generator=g)
+    if part is not None:
+        rows = torch.from_numpy(part)
+        if sample_weight is not None:
+            order = rows[torch.multinomial(sample_weight[rows], len(rows), replacement=True, generator=g)]
+        else:
+            order = rows[torch.randperm(len(rows), generator=g)]
+        order = order[:part_rows]
     else:
-        order = torch.randperm(n, generator=g)
-    per_rank = n // rt.world
-    order = order[rt.rank * per_rank:(rt.rank + 1) * per_rank]
+        if sample_weight is not None:
+            order = torch.multinomial(sample_weight, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
+        per_rank = n // rt.world
+        order = order[rt.rank * per_rank:(rt.rank + 1) * per_rank]
     batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches.pop()  # BatchNorm cannot train on one image
@@ -581,9 +680,8 @@ def train_one_epoch(model: nn.Module, data: Data, batches: list[torch.Tensor], l
     """One pass over ``batches``; returns (mean training loss, images seen)."""
     model.train()
     total, seen = 0.0, 0
-    for idx in batches:
-        x = rt.to_input(data.train_x[idx], augment, g)
-        y = data.task.target(data.train_y[idx]).to(rt.device)
+    for idx, x in zip(batches, epoch_inputs(data, batches, rt, augment, g)):
+        y = data.task.target(data.train_y[idx]).to(rt.device, non_blocking=True)
         with rt.autocast():
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -601,6 +699,61 @@ def train_one_epoch(model: nn.Module, data: Data, batches: list[torch.Tensor], l
             bar.update(1)
             bar.set_postfix(loss=f"{total / seen:.4f}")
     return total / max(seen, 1), seen
+
+
+def epoch_inputs(data: Data, batches: list[torch.Tensor], rt: Runtime, augment: AugmentConfig,
+                 g: torch.Generator) -> Iterator[torch.Tensor]:
+    """The model input of each batch, in order. In memory: sliced and augmented here, one
+    generator for the epoch. Streamed: read by ``data.loader_workers`` processes, batch ``b``
+    augmented with its own generator (seed drawn from ``g`` + b), so the result does not
+    depend on the number of workers; on a CPU the workers augment, on a GPU the device does
+    (after a pinned, non-blocking copy)."""
+    if not data.streamed:
+        for idx in batches:
+            yield rt.to_input(data.train_x[idx], augment, g)
+        return
+    from torch.utils.data import DataLoader
+
+    seed = int(torch.randint(2**62, (1,), generator=g))
+    on_cpu = rt.device.type == "cpu"
+    workers = data.loader_workers
+    loader = DataLoader(_StreamBatches(data.train_x, batches, augment if on_cpu else None, seed),
+                        batch_size=None, num_workers=workers, pin_memory=rt.device.type == "cuda",
+                        worker_init_fn=_worker_init, prefetch_factor=2 if workers else None,
+                        multiprocessing_context=_fork_context() if workers else None)
+    for b, xb in enumerate(loader):
+        yield rt.normalise(xb) if on_cpu else rt.to_input(xb, augment, torch.Generator().manual_seed(seed + b))
+
+
+class _StreamBatches(torch.utils.data.Dataset):
+    """Item ``b``: batch ``b``'s crops read from the store; with ``augment``, as a float
+    NCHW batch in [0, 1] augmented with the generator seeded ``seed + b``."""
+
+    def __init__(self, store: "CropStore", batches: list[torch.Tensor], augment: AugmentConfig | None,
+                 seed: int) -> None:
+        self.store, self.batches, self.augment, self.seed = store, batches, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        x = torch.from_numpy(self.store.read(self.batches[b].numpy()))
+        if self.augment is None:
+            return x
+        g = torch.Generator().manual_seed(self.seed + b)
+        return augment_batch(x.permute(0, 3, 1, 2).float().div_(255), self.augment, g)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # the training process owns the cores' threads
+
+
+def _fork_context() -> Any:
+    """fork where the platform has it: a worker starts in milliseconds, not by importing
+    torch again (workers start every epoch)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 @torch.no_grad()
@@ -855,7 +1008,7 @@ def _train_single(config: TrainConfig) -> Path:
     ckpt = _broadcast(ckpt, rt)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    data = load_data(config, size)
+    data = load_data(config, size, rt)
     balance = class_balance(data.train_y, data.task, config.imbalance, config.imbalance_ratio)
     log.info("%s", balance.report)
     data.task = compensated_task(data.task, balance)
@@ -877,6 +1030,7 @@ def _train_single(config: TrainConfig) -> Path:
             "image_size": size, "batch_size": batch_size, "epochs": epochs, "lr": base_lr(config), "split": data.split,
             "task": data.task.to_dict(), "imbalance": balance.report, "device": str(rt.device),
             "world_size": rt.world, "amp": str(rt.amp_dtype) if rt.amp_dtype else None,
+            "loader": f"stream ({data.loader_workers} workers)" if data.streamed else "memory",
             "people": data.groups}})
         write_json(run_dir / "labels.json", list(data.task.labels))
         write_split(run_dir, data)
@@ -993,7 +1147,7 @@ def run_epochs(config: TrainConfig, net: nn.Module, model: nn.Module, data: Data
         phase = phase_of(phases, epoch)
         seed = config.seed * 100_003 + epoch
         batches = epoch_batches(len(data.train_x), batch_size, seed, rt, config.max_batches,
-                                balance.sample_weight)
+                                balance.sample_weight, data.train_part, data.part_rows)
         if phase != current:
             opt, sched = make_optimizer(model, phase, config, len(batches))
             if ckpt is not None and ckpt.get("phase") == phase.name:

@@ -80,6 +80,14 @@ def train_cmd(
     detector: Optional[str] = typer.Option(None, help="Face detector for raw photos [yuface]."),
     prepare_option: list[str] = typer.Option([], "--prepare-option", "-P", help="Face preparation KEY=VALUE."),
     cache_dir: Optional[str] = typer.Option(None, help="Face-crop cache [$FACELAB_CACHE or ~/.cache/facelab]."),
+    loader: str = typer.Option("auto", help="memory (crops decoded into RAM), stream (a crop store on disk read "
+                               "by worker processes; flat memory at any size) or auto (memory while the crops "
+                               "fit --memory-budget-mb)."),
+    memory_budget_mb: float = typer.Option(2048.0, help="With --loader auto: MB of crops kept in memory before "
+                                           "streaming."),
+    loader_workers: Optional[int] = typer.Option(None, help="Streaming: worker processes reading and augmenting "
+                                                 "batches (default 2; 0 = none)."),
+    shard_rows: int = typer.Option(1024, help="Streaming: crops per store shard (DDP ranks own whole shards)."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing runs/NAME."),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="TensorBoard logs in tb/."),
@@ -94,7 +102,8 @@ def train_cmd(
                 pretrained=pretrained, weights=str(weights) if weights else None, download_weights=download_weights,
                 device=device, threads=threads, max_batches=max_batches, ensemble=ensemble,
                 model_kwargs=_options(model_option, "--model-option"),
-                prepare=_prepare(detector, prepare_option), cache_dir=cache_dir, resume=resume,
+                prepare=_prepare(detector, prepare_option), cache_dir=cache_dir, loader=loader,
+                memory_budget_mb=memory_budget_mb, loader_workers=loader_workers, shard_rows=shard_rows, resume=resume,
                 overwrite=overwrite, tensorboard=tensorboard)
     typer.echo(f"run:    {run}")
     typer.echo(f"next:   facelab evaluate {run}")
