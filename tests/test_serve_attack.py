@@ -84,6 +84,7 @@ def test_idle_and_slow_loris_flood_does_not_lock_out(guarded: tuple[str, Path], 
     url, _ = guarded
     before = _health(url)["connections"]
     socks = []
+    opened = time.monotonic()
     for i in range(300):
         s = socket.create_connection(("127.0.0.1", _port(url)))
         if i % 3 == 1:
@@ -99,7 +100,8 @@ def test_idle_and_slow_loris_flood_does_not_lock_out(guarded: tuple[str, Path], 
         assert stats["closed_idle_cap"] - before["closed_idle_cap"] >= 300 - 32
         # the earliest sockets were evicted (closed without an answer); the youngest were kept
         assert _closed_by_server(socks[0], 1) == b""
-        assert all(_closed_by_server(s, 0.01) is None for s in socks[-10:])
+        if time.monotonic() - opened < 1.5:  # (a slow machine may already be past the 2 s head timeout)
+            assert all(_closed_by_server(s, 0.01) is None for s in socks[-10:])
         # ... until the head timeout (2 s) answers them 408 and closes them
         answers = [_closed_by_server(s, 5) for s in socks[-10:]]
         assert all(a is not None and a.startswith(b"HTTP/1.1 408") for a in answers), answers

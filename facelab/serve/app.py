@@ -481,7 +481,7 @@ async def read_upload(request: Any, config: ServeConfig, pool: Any) -> bytes:
     cap = limit + (FORM_OVERHEAD if form else 0)
     declared = request.headers.get("content-length")
     loop = asyncio.get_running_loop()
-    chunks, pending, size = [], [], 0
+    chunks, pending, size, pending_size = [], [], 0, 0
     try:
         if declared and declared.isdigit() and int(declared) > cap:
             raise _too_large(int(declared), limit)
@@ -493,9 +493,10 @@ async def read_upload(request: Any, config: ServeConfig, pool: Any) -> bytes:
                 chunks.append(chunk)
                 continue
             pending.append(chunk)
-            if size == len(chunk) or sum(map(len, pending)) >= FEED_BYTES:  # the first piece at once
+            pending_size += len(chunk)
+            if size == len(chunk) or pending_size >= FEED_BYTES:  # the first piece at once
                 await loop.run_in_executor(pool, form.feed, b"".join(pending))
-                pending = []
+                pending, pending_size = [], 0
     except ApiError as exc:
         exc.close = True
         raise
