@@ -131,6 +131,12 @@ def check_detector_options(name: str, options: dict[str, Any] | None) -> dict[st
     return out
 
 
+def is_builtin_detector(name: str) -> bool:
+    """True for facelab's own detectors (worker processes know them; a detector registered
+    by the caller's code exists only in the caller's process)."""
+    return _entry(name).factory.__module__ == __name__
+
+
 def _entry(name: str) -> _Entry:
     entry = _REGISTRY.get(name)
     if entry is None:
@@ -230,6 +236,11 @@ class HaarDetector(Detector):
         self.scale_factor = _number("haar", "scale_factor", scale_factor, float)
         if self.scale_factor <= 1.0:
             raise ValueError(f"haar: scale_factor must be > 1, got {scale_factor}")
+        if self.scale_factor > 10.0:  # OpenCV overflows and asks for tens of GB at 1e9
+            raise ValueError(f"haar: scale_factor must be at most 10 (each step of the image pyramid "
+                             f"shrinks the photo by it; 1.1-1.3 is usual), got {scale_factor}")
+        if _number("haar", "min_neighbors", min_neighbors, int) < 0:
+            raise ValueError(f"haar: min_neighbors must be >= 0, got {min_neighbors}")
         self.min_neighbors = _number("haar", "min_neighbors", min_neighbors, int)
         sizes = [min_size] * 2 if isinstance(min_size, (int, float)) else list(min_size)
         if len(sizes) != 2:
@@ -259,6 +270,8 @@ class DlibHogDetector(Detector):
     def __init__(self, upsample: int = 0, threshold: float = 0.0) -> None:
         dlib = require("dlib", "dlib-bin", "the dlib HOG face detector")
         self.upsample = _number("dlib-hog", "upsample", upsample, int)
+        if not 0 <= self.upsample <= 3:  # each doubles the photo's side: 4 needs gigabytes
+            raise ValueError(f"dlib-hog: upsample must be 0 to 3 (each doubles the photo's side), got {upsample}")
         self.threshold = _number("dlib-hog", "threshold", threshold, float)
         self._detector = dlib.get_frontal_face_detector()
 
@@ -297,6 +310,8 @@ class YuFaceDetector(Detector):
         if not 0.0 <= self.conf <= 1.0:
             raise ValueError(f"yuface: conf must be in [0, 1], got {conf}")
         self.threads = _number("yuface", "threads", threads, int)
+        if self.threads < 1:
+            raise ValueError(f"yuface: threads must be >= 1, got {threads}")
         self._set_threads = _yuface_omp_setter()
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
@@ -328,9 +343,15 @@ class MtcnnDetector(Detector):
         steps = list(thresholds) if isinstance(thresholds, (list, tuple)) else []
         if len(steps) != 3:
             raise ValueError(f"mtcnn: thresholds must be three numbers, got {thresholds!r}")
-        self._model = mtcnn.MTCNN(min_face_size=_number("mtcnn", "min_face_size", min_face_size, int),
-                                  steps_threshold=[_number("mtcnn", "thresholds", t, float) for t in steps],
-                                  scale_factor=_number("mtcnn", "scale_factor", scale_factor, float))
+        size = _number("mtcnn", "min_face_size", min_face_size, int)
+        factor = _number("mtcnn", "scale_factor", scale_factor, float)
+        if size < 8:  # the pyramid upsamples the photo by 12 / min_face_size
+            raise ValueError(f"mtcnn: min_face_size must be >= 8 pixels, got {min_face_size}")
+        if not 0.1 <= factor < 1.0:  # the pyramid never ends at 1 or more
+            raise ValueError(f"mtcnn: scale_factor must be >= 0.1 and < 1 (each pyramid step shrinks the "
+                             f"photo by it; 0.709 is usual), got {scale_factor}")
+        self._model = mtcnn.MTCNN(min_face_size=size, scale_factor=factor,
+                                  steps_threshold=[_number("mtcnn", "thresholds", t, float) for t in steps])
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         faces = []

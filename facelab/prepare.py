@@ -34,7 +34,7 @@ import numpy as np
 from facelab._io import DiskFullError, disk_full_as_error, fit_name, link_or_copy, os_reason, write_bytes, write_json, write_text
 from facelab.data import (CELEBA_ATTR_FILE, CELEBA_IDENTITY_FILE, CELEBA_PARTITION_FILE, INCOMPLETE_MARKER,
                           PREPARED_MANIFEST, SampleTable, clear_incomplete, load_source, mark_incomplete)
-from facelab.detect import Face, cached_detector, check_detector_options, list_detectors
+from facelab.detect import Face, cached_detector, check_detector_options, is_builtin_detector, list_detectors
 from facelab.images import ImageError, read_image
 
 log = logging.getLogger(__name__)
@@ -584,6 +584,10 @@ def run_files(paths: Sequence[Path | str], config: PrepareConfig, cache_dir: Pat
     todo = [(str(p), s) for p, s in zip(paths, names)]
     if processes is None:
         processes = len(todo) >= PROCESSES_FROM
+    if processes and not is_builtin_detector(config.detector):
+        log.info("detector %r is registered by this program, not by facelab: preparing in threads "
+                 "(worker processes would not know it)", config.detector)
+        processes = False
     # Build the detector here first: a bad option value (or a missing model) stops the run
     # with one message before any worker starts, and OpenCV is fully imported before threads.
     cached_detector(config.detector, config.detector_options)
@@ -648,25 +652,35 @@ def _map_processes(todo: list[tuple[str, str | None]], config: PrepareConfig, ca
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
     pool = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_process,
                                initargs=(config.to_dict(), cache_root))
+    processes = pool._processes  # noqa: SLF001 - see _stop_broken
     pending: deque = deque()
     try:
         for chunk in chunks:
             pending.append((pool.submit(_process_chunk, chunk), chunk))
             if len(pending) >= 4 * workers:
-                yield from _chunk_results(*pending.popleft(), BrokenProcessPool)
+                yield from pending[0][0].result()
+                pending.popleft()
         while pending:
-            yield from _chunk_results(*pending.popleft(), BrokenProcessPool)
+            yield from pending[0][0].result()
+            pending.popleft()
+    except BrokenProcessPool:
+        _stop_broken(pool, processes)
+        photo = pending[0][1][0][0] if pending else "prepare"  # the oldest unfinished chunk
+        raise WorkerError(f"{photo}: a prepare worker process died while working on this photo or one of the "
+                          f"{size - 1} after it (killed, or out of memory?); run again (finished photos come "
+                          "from the cache), or with --threads to stay in one process") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _chunk_results(future: Any, chunk: list[tuple[str, str | None]], broken: type) -> list[FileResult]:
-    try:
-        return future.result()
-    except broken:
-        raise WorkerError(f"{chunk[0][0]}: a prepare worker process died while working on this photo or "
-                          f"one of the {len(chunk) - 1} after it (killed, or out of memory?); run again "
-                          "(finished photos come from the cache), with --threads to stay in one process") from None
+def _stop_broken(pool: Any, processes: dict | None) -> None:
+    """Kill what is left of a broken pool. The executor terminates its workers, but one that
+    this thread was starting at that moment is missed and then waited for forever
+    (Python 3.11: a worker killed early in the run hung prepare)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in list((processes or {}).values()):
+        if p.is_alive():
+            p.kill()
 
 
 def _mp_context():  # noqa: ANN202 - multiprocessing context

@@ -217,3 +217,30 @@ def test_log_progress_lines_are_few(caplog: pytest.LogCaptureFixture, monkeypatc
         bar.close()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 10 and lines[-1].startswith("work: 1000/1000 (100%)"), lines  # a line per 10 %
+
+
+def test_a_photo_that_breaks_the_detector_stops_the_run_naming_it(
+        tmp_path: Path, celeba_mini: Path, orl_faces: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A detector registered by the caller (a plugin) that fails on greyscale photos: the
+    run stops at once with the photo and the reason, in threads (worker processes would not
+    know the plugin, so prepare does not use them for it)."""
+    from facelab import detect
+
+    monkeypatch.setattr(detect, "_REGISTRY", dict(detect._REGISTRY))  # the plugin leaves with the test
+
+    @detect.register_detector("colour-only", "yuface on colour photos only")
+    class ColourOnly(detect.YuFaceDetector):
+        def detect(self, rgb):  # noqa: ANN001, ANN202
+            if (rgb[..., 0] == rgb[..., 2]).all():
+                raise RuntimeError("this detector needs a colour photo")
+            return super().detect(rgb)
+
+    src = _photos(celeba_mini, tmp_path / "src", 240)
+    grey = src / "a" / "0013.pgm"
+    shutil.copy(orl_faces / "s1" / "1.pgm", grey)
+    t0 = time.perf_counter()
+    with pytest.raises(WorkerError) as err:
+        prepare(src, tmp_path / "out", {"detector": "colour-only"}, workers=2, cache_dir=tmp_path / "cache",
+                progress=False, processes=True)
+    assert str(err.value) == f"{grey}: prepare failed (RuntimeError: this detector needs a colour photo)"
+    assert time.perf_counter() - t0 < 60
