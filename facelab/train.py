@@ -421,13 +421,15 @@ def stream_data(data: Data, config: TrainConfig, size: int, rt: "Runtime | None"
     specs = {part: S.spec_for(p, size, root, config.shard_rows) for part, p in paths.items()}
     need = {"train": S.rank_shards(specs["train"], rank, world), "valid": list(range(specs["valid"].shards))}
     first = {"train": need["train"], "valid": need["valid"] if rank == 0 else []}
-    for when, builds in (("first", first), ("local", need if local_main else {}), ("last", need)):
+    # 1: own training shards, rank 0 the valid ones; 2: one rank per machine builds what its
+    # machine cannot see yet; 3: anything still missing (nothing, normally)
+    for step, builds in enumerate((first, need if local_main else {}, need)):
         for part, shards in builds.items():
             written = S.build_shards(specs[part], paths[part], shards, progress=config.progress and rank == 0)
-            if written and when != "first":
-                log.info("rank %d: built %d %s shard(s) missing after the others finished (a cache folder "
-                         "per machine?)", rank, len(written), part)
-        if rt is not None and when != "last":
+            if written and step:
+                log.info("rank %d: built %d %s shard(s) the other ranks' builds did not leave in this "
+                         "machine's cache", rank, len(written), part)
+        if rt is not None and step < 2:
             _barrier(rt)
     if rank == 0:
         for part, rows in (("train", data.train_rows), ("valid", data.valid_rows)):
@@ -721,8 +723,16 @@ def epoch_inputs(data: Data, batches: list[torch.Tensor], rt: Runtime, augment: 
                         batch_size=None, num_workers=workers, pin_memory=rt.device.type == "cuda",
                         worker_init_fn=_worker_init, prefetch_factor=2 if workers else None,
                         multiprocessing_context=_fork_context() if workers else None)
-    for b, xb in enumerate(loader):
-        yield rt.normalise(xb) if on_cpu else rt.to_input(xb, augment, torch.Generator().manual_seed(seed + b))
+    import gc
+
+    # Workers fork from this process; their garbage collector would touch, and so copy, every
+    # object here (the table's paths...): frozen objects are left alone.
+    gc.freeze()
+    try:
+        for b, xb in enumerate(loader):
+            yield rt.normalise(xb) if on_cpu else rt.to_input(xb, augment, torch.Generator().manual_seed(seed + b))
+    finally:
+        gc.unfreeze()
 
 
 class _StreamBatches(torch.utils.data.Dataset):

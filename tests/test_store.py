@@ -127,3 +127,17 @@ def test_auto_loader_streams_only_over_the_memory_budget(orl_faces: Path, tmp_pa
         assert S.read_spec(spec.root) == spec and spec.rows == len(split[part])
     with pytest.raises(ValueError, match="loader must be one of"):
         _train(orl_faces, tmp_path, "bad", loader="disk")
+
+
+def test_bf16_autocast_trains_on_a_cpu_from_the_store(orl_faces: Path, tmp_path: Path) -> None:
+    """The GPU path's mixed precision (bf16 autocast) and channels_last run on a CPU too,
+    streamed crops included: finite losses, a bundle that predicts probabilities."""
+    from facelab.bundle import load
+
+    run, _ = _train(orl_faces, tmp_path, "bf16", epochs=1, max_batches=3, amp=True, loader="stream", shard_rows=64)
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["amp"] == "torch.bfloat16" and resolved["device"] == "cpu"
+    row = (run / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert all(np.isfinite(float(v)) for v in row[2:4])  # train_loss, valid_loss
+    probs = load(run).predict_crops([np.full((32, 32, 3), 128, np.uint8)])
+    assert probs.shape == (1, 40) and np.isclose(probs.sum(), 1, atol=1e-3)

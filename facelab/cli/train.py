@@ -73,6 +73,8 @@ def train_cmd(
     download_weights: bool = typer.Option(False, "--download-weights", help="Allow a hub download."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, help="CPU threads [torch default / OMP_NUM_THREADS]."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision: bf16 (fp16 on GPUs without "
+                                       "bf16) [on for GPUs]."),
     max_batches: Optional[int] = typer.Option(None, help="Cap on steps per epoch (smoke runs)."),
     ensemble: int = typer.Option(1, help="Train K members (seeds seed..seed+K-1) as one ensemble run."),
     model_option: list[str] = typer.Option([], "--model-option", "-M", help="Model option KEY=VALUE, e.g. "
@@ -100,7 +102,7 @@ def train_cmd(
                 schedule=schedule, augment=augment, augment_options=_options(augment_option, "--augment-option"),
                 imbalance=imbalance, valid_fraction=valid_fraction, group_people=group_people, seed=seed, patience=patience, monitor=monitor,
                 pretrained=pretrained, weights=str(weights) if weights else None, download_weights=download_weights,
-                device=device, threads=threads, max_batches=max_batches, ensemble=ensemble,
+                device=device, amp=amp, threads=threads, max_batches=max_batches, ensemble=ensemble,
                 model_kwargs=_options(model_option, "--model-option"),
                 prepare=_prepare(detector, prepare_option), cache_dir=cache_dir, loader=loader,
                 memory_budget_mb=memory_budget_mb, loader_workers=loader_workers, shard_rows=shard_rows, resume=resume,
