@@ -768,7 +768,10 @@ def prepare_table(table: SampleTable, config: PrepareConfig | dict | None = None
         log.info("%s is already prepared (facelab_prepared.json); using its crops as they are", table.root)
         return table
     config = as_config(config)
-    results = run_files(table.paths, config, cache_dir, workers, progress)
+    try:
+        results = run_files(table.paths, config, cache_dir, workers, progress)
+    except DiskFullError as exc:
+        raise _disk_full_advice(exc, None, CropCache(cache_dir, config).root) from None
     keep = [i for i, r in enumerate(results) if r.crops]
     dropped = [r for r in results if not r.crops]
     _log_rejects(dropped)
@@ -866,14 +869,16 @@ def _prepare_into(table: SampleTable, out: Path, config: PrepareConfig, workers:
     return report
 
 
-def _disk_full_advice(exc: DiskFullError, out: Path, cache_root: Path) -> DiskFullError:
+def _disk_full_advice(exc: DiskFullError, out: Path | None, cache_root: Path) -> DiskFullError:
     """The disk-full error told about the folder the user chose (the output or the cache)."""
-    again = "then run the same prepare again: photos already done come from the cache"
+    again = "then run the same command again: photos already done come from the cache"
     if exc.path.is_relative_to(cache_root):
         return exc.within(cache_root, f"the crop cache is there; free some space or set --cache-dir "
                                       f"(or FACELAB_CACHE) to a disk with room, {again}")
+    if out is None:
+        return exc
     return exc.within(out, f"{out} is marked incomplete ({INCOMPLETE_MARKER}); free some space or "
-                           f"choose an output folder on another disk, {again}")
+                           f"choose an output folder on another disk, {again.replace('command', 'prepare')}")
 
 
 def _warn_if_reconfigured(out: Path, config: PrepareConfig) -> None:

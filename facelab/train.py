@@ -986,6 +986,8 @@ def train(data: str | Path | TrainConfig, **options: Any) -> Path:
             return train_ensemble(config)
         return _train_single(config)
     except DiskFullError as exc:  # every run file is written atomically: the last epoch saved is whole
+        if not exc.path.is_relative_to(config.run_dir):
+            raise  # the crop cache's disk: prepare_table's message names it
         raise exc.within(config.run_dir, "free some space (or train into another folder with --out), then "
                                          "run the same command with --resume: it continues from the last "
                                          "saved epoch") from None
