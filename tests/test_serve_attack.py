@@ -141,6 +141,27 @@ def test_trickled_head_times_out_and_keep_alive_client_is_served(guarded: tuple[
                 s.close()
 
 
+def test_parked_keep_alive_connections_do_not_lock_new_clients_out(guarded: tuple[str, Path],
+                                                                    photo: bytes) -> None:
+    """40 connections that each complete a request and then sit on keep-alive (more than
+    the cap of 32): a new client is still served, and the oldest parked ones are closed."""
+    url, _ = guarded
+    parked = []
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", _port(url)))
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        parked.append(s)
+    try:
+        for _ in range(3):
+            r = _predict(url, photo)  # a new connection each time
+            assert r.status_code == 200 and r.json()["faces"], r.text
+        assert _closed_by_server(parked[0], 1) == b""
+    finally:
+        for s in parked:
+            s.close()
+
+
 def test_stalled_body_and_oversized_head(guarded: tuple[str, Path]) -> None:
     """A body that stops arriving is closed after the body timeout (1 s); a request head
     over 8 KiB is answered 431 and closed."""

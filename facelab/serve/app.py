@@ -92,7 +92,8 @@ class ServeConfig:
     max_idle_connections: int = 1024
     """Connections per server process without a request in progress (just opened, still
     sending a request head, or keep-alive) kept at once; one more closes the oldest idle
-    one, never-served connections first, so an idle-connection flood evicts itself. The
+    one, never-served connections first (never the one just opened), so an idle-connection
+    flood evicts itself and parked keep-alive connections cannot lock new clients out. The
     server raises its open-file limit to fit (or lowers this to what the limit allows)."""
     max_header_bytes: int = 32 * 1024
     """Largest request head (request line + headers) in bytes; 431 above."""

@@ -19,8 +19,9 @@ and enforces:
   between two pieces closes the connection (a paused read, when the app is busy, does
   not count);
 * ``max_idle``: at most this many fresh + kept connections at once; one more closes the
-  oldest idle one, fresh (never served) connections before kept ones, so an idle flood
-  evicts itself while clients that were served keep their connections;
+  oldest idle one, fresh (never served) connections before kept ones but never the one
+  just opened, so an idle flood evicts itself, clients that were served keep their
+  connections, and connections parked on keep-alive cannot lock new clients out;
 * ``max_header_bytes``: a request head larger than this is answered ``431`` and closed.
 
 Active requests are bounded by the app (``max_in_flight``), so the connections a process
@@ -95,7 +96,7 @@ class ConnectionGuard:
         conn._fl_head_since = now
         conn._fl_head_bytes = 0
         self.fresh[conn] = now
-        self._evict_over_cap()
+        self._evict_over_cap(newcomer=conn)
         self._tick_soon()
 
     def forget(self, conn: Any) -> None:
@@ -126,12 +127,20 @@ class ConnectionGuard:
         self._evict_over_cap()
 
     # ------------------------------------------------------------------ enforcement
-    def _evict_over_cap(self) -> None:
+    def _evict_over_cap(self, newcomer: Any = None) -> None:
+        """Close idle connections down to the cap: the oldest fresh one (never the one
+        just opened: a new client always gets its chance), else the oldest kept one (so
+        connections parked on keep-alive cannot lock new clients out either)."""
         while len(self.fresh) + len(self.kept) > self.limits.max_idle:
-            pool = self.fresh if self.fresh else self.kept
-            conn, _ = pool.popitem(last=False)
+            victim = next((c for c in self.fresh if c is not newcomer), None)
+            if victim is not None:
+                del self.fresh[victim]
+            elif self.kept:
+                victim, _ = self.kept.popitem(last=False)
+            else:
+                return
             self.stats.closed_idle_cap += 1
-            conn.transport.close()
+            victim.transport.close()
 
     def _tick_soon(self) -> None:
         if self._timer is None:
