@@ -136,7 +136,7 @@ class TrainConfig:
     at a time by worker processes that also augment on a CPU: memory stays flat as photos
     grow, and each DDP rank reads only its own shards), or ``auto`` (memory while the train
     and valid crops at the input size fit in ``memory_budget_mb``)."""
-    memory_budget_mb: float = 2048.0
+    memory_budget_mb: float = 1024.0
     """With ``loader`` auto: the most megabytes of crops held in memory before streaming."""
     loader_workers: int | None = None
     """Streaming: worker processes reading (and on a CPU augmenting) batches; None = 2,
@@ -723,16 +723,8 @@ def epoch_inputs(data: Data, batches: list[torch.Tensor], rt: Runtime, augment: 
                         batch_size=None, num_workers=workers, pin_memory=rt.device.type == "cuda",
                         worker_init_fn=_worker_init, prefetch_factor=2 if workers else None,
                         multiprocessing_context=_fork_context() if workers else None)
-    import gc
-
-    # Workers fork from this process; their garbage collector would touch, and so copy, every
-    # object here (the table's paths...): frozen objects are left alone.
-    gc.freeze()
-    try:
-        for b, xb in enumerate(loader):
-            yield rt.normalise(xb) if on_cpu else rt.to_input(xb, augment, torch.Generator().manual_seed(seed + b))
-    finally:
-        gc.unfreeze()
+    for b, xb in enumerate(loader):
+        yield rt.normalise(xb) if on_cpu else rt.to_input(xb, augment, torch.Generator().manual_seed(seed + b))
 
 
 class _StreamBatches(torch.utils.data.Dataset):
@@ -759,11 +751,12 @@ def _worker_init(_: int) -> None:
 
 
 def _fork_context() -> Any:
-    """fork where the platform has it: a worker starts in milliseconds, not by importing
-    torch again (workers start every epoch)."""
+    """fork on Linux: a worker starts in milliseconds instead of importing torch again
+    (workers start every epoch). Elsewhere the platform's default (fork is unsafe on macOS)."""
     import multiprocessing
+    import sys
 
-    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
 
 
 @torch.no_grad()

@@ -85,7 +85,7 @@ def train_cmd(
     loader: str = typer.Option("auto", help="memory (crops decoded into RAM), stream (a crop store on disk read "
                                "by worker processes; flat memory at any size) or auto (memory while the crops "
                                "fit --memory-budget-mb)."),
-    memory_budget_mb: float = typer.Option(2048.0, help="With --loader auto: MB of crops kept in memory before "
+    memory_budget_mb: float = typer.Option(1024.0, help="With --loader auto: MB of crops kept in memory before "
                                            "streaming."),
     loader_workers: Optional[int] = typer.Option(None, help="Streaming: worker processes reading and augmenting "
                                                  "batches (default 2; 0 = none)."),
