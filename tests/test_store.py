@@ -141,3 +141,12 @@ def test_bf16_autocast_trains_on_a_cpu_from_the_store(orl_faces: Path, tmp_path:
     assert all(np.isfinite(float(v)) for v in row[2:4])  # train_loss, valid_loss
     probs = load(run).predict_crops([np.full((32, 32, 3), 128, np.uint8)])
     assert probs.shape == (1, 40) and np.isclose(probs.sum(), 1, atol=1e-3)
+
+
+def test_lr_find_reads_a_streamed_store(orl_faces: Path) -> None:
+    from facelab.train import lr_find
+
+    result = lr_find(orl_faces, model="lenet5", image_size=32, batch_size=16, steps=8, loader="stream",
+                     shard_rows=64, progress=False, tensorboard=False)
+    assert len(result["lrs"]) == len(result["losses"]) >= 6 and np.isfinite(result["losses"]).all()
+    assert result["lrs"][0] <= result["suggested"] <= result["lrs"][-1]
