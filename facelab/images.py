@@ -36,6 +36,19 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
 )
 
 
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded photo after its EXIF rotation, from its header alone;
+    (0, 0) when Pillow cannot tell (decoding it says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            return (h, w) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+    except Exception:  # noqa: BLE001 - only a size for a report; decoding reports the error
+        return 0, 0
+
+
 def sniff_format(data: bytes) -> str | None:
     """The image format named by ``data``'s magic bytes (``"JPEG"``, ``"PNG"``, ...), or None.
 

@@ -384,19 +384,6 @@ def _crop_cache(config: Any) -> Any:
     return CropCache(None, config)
 
 
-def _upright_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an encoded photo after its EXIF rotation, from its header alone;
-    (0, 0) when Pillow cannot tell (the decode that follows says why)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            return (h, w) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
-    except Exception:  # noqa: BLE001 - only a size for the report; decoding reports the error
-        return 0, 0
-
-
 def _photo_faces(pipeline: Any, cache: Any, path: Path) -> tuple[list, tuple[int, int]]:
     """A photo's prepared faces and its (width, height), the way training prepared it.
 
@@ -410,7 +397,7 @@ def _photo_faces(pipeline: Any, cache: Any, path: Path) -> tuple[list, tuple[int
     import hashlib
 
     from facelab.detect import Face
-    from facelab.images import ImageError, read_image
+    from facelab.images import ImageError, read_image, upright_size
     from facelab.prepare import PreparedFace
 
     try:
@@ -418,7 +405,7 @@ def _photo_faces(pipeline: Any, cache: Any, path: Path) -> tuple[list, tuple[int
     except OSError:
         read_image(path)  # raises the ImageError that says why
         raise
-    size = _upright_size(data)
+    size = upright_size(data)
     hit = cache.load(hashlib.sha256(data).hexdigest()) if pipeline.config.format == "png" else None
     if hit is not None and hit.status in ("kept", "no_face"):
         try:

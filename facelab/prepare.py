@@ -272,26 +272,33 @@ class FacePipeline:
             return self.process_file(image)[1]
         return self.process(np.asarray(image))
 
-    def process_file(self, source: str | Path | bytes, name: str = "<image>") -> tuple[list[Face], list[PreparedFace]]:
+    def process_file(self, source: str | Path | bytes, name: str = "<image>", formats: tuple[str, ...] | None = None,
+                     max_pixels: int | None = None) -> tuple[list[Face], list[PreparedFace]]:
         """:meth:`process` for an encoded photo (a path or its bytes), faster on big JPEGs.
 
         A JPEG is decoded only as large as needed: at a reduced DCT scale for detection,
         then for the crop at the smallest scale that still has at least the crop's
         resolution (the full original when needed). Returns (all faces found, prepared faces).
-        Raises :class:`~facelab.images.ImageError` for unreadable input.
+        Raises :class:`~facelab.images.ImageError` for unreadable input. ``formats`` and
+        ``max_pixels`` are passed to :func:`~facelab.images.decode_image` (an upload's
+        allow-list and pixel limit).
         """
-        from facelab.images import decode_image
+        import functools
+
+        from facelab.images import MAX_PIXELS, decode_image
+
+        decode = functools.partial(decode_image, formats=formats, max_pixels=max_pixels or MAX_PIXELS)
 
         if not isinstance(source, bytes):
             name, source = str(source), _read_bytes(Path(source))
         c = self.config
         fast = c.multi_face in ONE_FACE_POLICIES and c.fast_side > 0
-        rgb, full = decode_image(source, name, min_side=c.fast_side if fast else c.detect_max_side,
+        rgb, full = decode(source, name, min_side=c.fast_side if fast else c.detect_max_side,
                                  return_full_size=True)
         faces, seen = self._detect_at(rgb, c.fast_side, max(full) / max(rgb.shape[:2])) if fast else ([], 0)
         if not faces:
             if max(rgb.shape[:2]) < min(max(full), c.detect_max_side):
-                rgb = decode_image(source, name, min_side=c.detect_max_side)
+                rgb = decode(source, name, min_side=c.detect_max_side)
             faces, seen = self._detect_at(rgb, c.detect_max_side, max(full) / max(rgb.shape[:2]))
         seen_scale = seen / max(full)  # detector pixels per pixel of the original
         to_full = max(full) / max(rgb.shape[:2])
@@ -300,7 +307,7 @@ class FacePipeline:
         if chosen and to_full > 1.0:
             need = max(max(_crop_scale(f, c), self._refine_scale(f, f.width * seen_scale)) for f in chosen) * max(full)
             if need > max(rgb.shape[:2]):
-                rgb = decode_image(source, name, min_side=int(np.ceil(need)))
+                rgb = decode(source, name, min_side=int(np.ceil(need)))
             to_full = max(full) / max(rgb.shape[:2])
         prepared = []
         for f in chosen:  # f in original coordinates; g in those of the decoded rgb

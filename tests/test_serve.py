@@ -119,8 +119,9 @@ def test_health_docs_and_models(server: tuple[str, Path], celeba_run: Path, bina
 
 def test_concurrent_predictions_are_each_correct(server: tuple[str, Path], photos: list[Path],
                                                  celeba_run: Path, binary_run: Path) -> None:
-    """8 requests at once are batched together; each gets its own faces' probabilities."""
-    from facelab.predict import load_predictor, predict_rgb
+    """8 requests at once are batched together; each gets its own faces' probabilities,
+    the same as the predictor gives for the photo's file (the training crop path)."""
+    from facelab.predict import load_predictor
     from facelab.images import read_image
 
     url, _ = server
@@ -135,7 +136,7 @@ def test_concurrent_predictions_are_each_correct(server: tuple[str, Path], photo
         assert (body["height"], body["width"]) == rgb.shape[:2]
         assert body["faces"], f"no face found in {photo.name}"
         for name, predictor in zip(names, local):
-            expected = predict_rgb(predictor, rgb)
+            expected = predictor.predict_image(photo)
             got = [f for f in body["faces"] if name in f["predictions"]]
             assert len(got) == len(expected)
             for g, e in zip(got, expected):

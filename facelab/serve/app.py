@@ -272,14 +272,18 @@ class Service:
 
     # ------------------------------------------------------------------ one image
     def _decode_and_detect(self, data: bytes, digests: list[str]) -> tuple[tuple[int, int], dict[str, list]]:
-        from facelab.images import UPLOAD_FORMATS, ImageError, decode_image
+        from facelab.images import UPLOAD_FORMATS, ImageError, upright_size
 
+        # process_file: the upload is decoded the way training decoded its photos (a JPEG at
+        # the smallest DCT scale that suffices), so the crop is the one training would cut
         try:
-            rgb = decode_image(data, name="upload", max_pixels=self.config.max_pixels, formats=UPLOAD_FORMATS)
+            found = {d: self.pipeline(d).process_file(data, "upload", formats=UPLOAD_FORMATS,
+                                                      max_pixels=self.config.max_pixels)[1][: self.config.max_faces]
+                     for d in digests}
         except ImageError as exc:
             raise _image_error(exc) from None
-        found = {d: self.pipeline(d).process(rgb)[: self.config.max_faces] for d in digests}
-        return rgb.shape[:2], found
+        w, h = upright_size(data)
+        return (h, w), found
 
     async def analyse(self, data: bytes, models: list[LoadedModel]) -> dict[str, Any]:
         """Image bytes -> the JSON answer: faces with every selected model's prediction."""
