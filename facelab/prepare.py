@@ -849,6 +849,62 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | dict | Non
     return report
 
 
+@dataclass
+class ShardReport:
+    """What one ``prepare --shard K/N`` process did: its slice, now in the crop cache."""
+
+    shard: int
+    shards: int
+    photos: int
+    counts: dict[str, int]
+    seconds: float
+    cache: Path
+
+    def summary(self) -> str:
+        done = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+        return (f"shard {self.shard}/{self.shards}: {self.photos} photo(s) in {self.seconds:.1f} s ({done}); "
+                f"crops in {self.cache}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 0 <= K < N, or a ValueError that shows the form."""
+    k, sep, n = text.partition("/")
+    try:
+        shard, shards = int(k), int(n)
+    except ValueError:
+        shard = shards = -1
+    if not sep or shards < 1 or not 0 <= shard < shards:
+        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/2 and 1/2")
+    return shard, shards
+
+
+def prepare_shard(src: str | Path, shard: int, shards: int, config: PrepareConfig | dict | None = None,
+                  workers: int = 1, cache_dir: str | Path | None = None, progress: bool = True,
+                  processes: bool | None = None) -> ShardReport:
+    """Prepare slice ``shard`` of ``shards`` of ``src`` into the crop cache only.
+
+    Photo i (in :func:`~facelab.data.load_source` order) belongs to slice ``i % shards``, so
+    N processes (or machines sharing ``cache_dir``, or whose cache folders are copied
+    together afterwards: every worker writes its own records file) split the work without
+    talking to each other. The merge is a plain :func:`prepare` into the output folder:
+    every photo then comes from the cache, and the output is the one a single process
+    writes (the crops are content-addressed and deterministic).
+    """
+    config = as_config(config)
+    table = load_source(src)
+    t0 = time.perf_counter()
+    mine = table.paths[shard::shards]
+    cache_root = CropCache(cache_dir, config).root
+    try:
+        results = run_files(mine, config, cache_dir, workers, progress, desc=f"prepare {shard}/{shards}",
+                            processes=processes)
+    except DiskFullError as exc:
+        raise _disk_full_advice(exc, None, cache_root) from None
+    counts = dict(Counter(r.status for r in results))
+    counts["cached"] = sum(r.cached for r in results)
+    return ShardReport(shard, shards, len(mine), counts, time.perf_counter() - t0, cache_root)
+
+
 def _prepare_into(table: SampleTable, out: Path, config: PrepareConfig, workers: int, cache_dir: str | Path | None,
                   progress: bool, report_html: bool, grid_size: int, processes: bool | None) -> PrepareReport:
     t0 = time.perf_counter()

@@ -35,14 +35,27 @@ def prepare_cmd(
                                              help="Worker processes or threads [processes from 200 photos on]."),
     cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default $FACELAB_CACHE or ~/.cache/facelab)."),
     no_html: bool = typer.Option(False, "--no-html", help="Skip the HTML report."),
+    shard: Optional[str] = typer.Option(None, help="K/N: prepare only slice K of N into the cache (N "
+                                                    "processes or machines in parallel); then run the same "
+                                                    "command without --shard to write OUT from the cache."),
 ) -> None:
     """Detect, align and crop the faces of SRC into OUT, with a report of every reject."""
-    from facelab.prepare import PrepareConfig, prepare
+    from facelab.prepare import PrepareConfig, parse_shard, prepare, prepare_shard
 
     given = dict(detector=detector, size=size, template=template, margin=margin, multi_face=multi_face,
                  light=light, background=background, detect_max_side=detect_max_side, fast_side=fast_side,
                  min_face=min_face, format=fmt, detector_options=_parse_options(detector_option) or None)
     config = PrepareConfig.from_dict({k: v for k, v in given.items() if v is not None})
+    if shard is not None:
+        try:
+            k, n = parse_shard(shard)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--shard") from None
+        part = prepare_shard(src, k, n, config, workers=workers, cache_dir=cache_dir, processes=processes)
+        typer.echo(part.summary())
+        typer.echo(f"next:    when every shard is done, `facelab prepare {src} {out}` (same options, no "
+                   f"--shard) writes the output from the cache")
+        return
     report = prepare(src, out, config, workers=workers, cache_dir=cache_dir, report_html=not no_html,
                      processes=processes)
     typer.echo(report.summary())
