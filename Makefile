@@ -18,6 +18,7 @@ test: setup
 bench: setup
 	$(PY) bench/tasks.py
 	$(PY) bench/prepare.py
+	$(PY) bench/prepare_shards.py
 	$(PY) bench/train.py
 	$(PY) -m facelab train $(DATA) --model lenet5 --epochs 2 --name bench-serve --overwrite
 	$(PY) -m facelab train $(DATA) --model efficientnet_lite0 --size 128 --epochs 2 --name bench-serve-lite0 --overwrite
