@@ -1138,6 +1138,13 @@ def _write_grid(path: Path, results: list[FileResult], per_status: int) -> Path 
     return write_bytes(path, buf.getvalue())
 
 
+def _smallest_detections(results: list[FileResult], n: int = 12) -> list[tuple[str, float, float, float]]:
+    """(photo, box width, box height, score) of the ``n`` narrowest kept faces."""
+    rows = [(r.path, round(f["box"][2] - f["box"][0], 1), round(f["box"][3] - f["box"][1], 1), f.get("score", 0.0))
+            for r in results if r.status == "kept" for f in r.faces]
+    return sorted(rows, key=lambda row: row[1])[:n]
+
+
 def _write_html(path: Path, report: PrepareReport, config: PrepareConfig, table: SampleTable) -> Path:
     from facelab._html import escape, img_tag, table as html_table, write_page
 
@@ -1149,6 +1156,11 @@ def _write_html(path: Path, report: PrepareReport, config: PrepareConfig, table:
         sections.append(("Originals and crops (rejects first)", img_tag(report.grid_path.read_bytes(), "grid")))
     sections.append((f"Rejected photos ({len(rejects)})",
                      html_table(rejects, ["file", "status", "reason"]) if rejects else "<p class='ok'>none</p>"))
+    smallest = _smallest_detections(report.results)
+    if smallest:
+        sections.append(("Smallest detections (check these first: a false face is usually small; "
+                         "every box is in report.csv)", html_table(smallest, ["file", "box width", "box height",
+                                                                              "score"])))
     intro = (f"<p>Source <code>{escape(table.root)}</code> ({table.source}), output "
              f"<code>{escape(report.out)}</code>. {escape(report.summary())}</p>")
     return write_page(path, "facelab prepare report", sections, intro)

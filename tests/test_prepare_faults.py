@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,7 @@ def test_readme_example_runs_as_a_plain_script(tmp_path: Path, celeba_mini: Path
 # --------------------------------------------------------------------------- logs and the report
 
 def test_progress_in_a_log_and_box_sizes_in_the_report(tmp_path: Path, celeba_wild: Path) -> None:
-    proc = subprocess.run([PYTHON, "-m", "facelab", "prepare", str(celeba_wild), str(tmp_path / "out"), "--no-html",
+    proc = subprocess.run([PYTHON, "-m", "facelab", "prepare", str(celeba_wild), str(tmp_path / "out"),
                            "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr  # stderr is a pipe here: log lines, not a redrawn bar
@@ -204,6 +205,8 @@ def test_progress_in_a_log_and_box_sizes_in_the_report(tmp_path: Path, celeba_wi
     smallest = min(rows, key=lambda r: float(r["box_width"]))
     assert 0 < float(smallest["box_width"]) < max(float(r["box_width"]) for r in rows)
     assert all(0 < float(r["score"]) <= 1 and float(r["box_height"]) > 0 for r in rows)
+    html = (tmp_path / "out" / REPORT_DIR / "report.html").read_text()
+    assert "Smallest detections" in html and escape(smallest["file"]) in html
 
 
 def test_log_progress_lines_are_few(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
