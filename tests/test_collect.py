@@ -251,3 +251,23 @@ def test_a_full_disk_stops_collect_marked_incomplete_and_it_resumes(
     assert again.counts == {"ok": 6} and again.skipped == 2
     assert sum(server.hits.values()) - hits == 4  # only the photos not saved before
     assert not (out / INCOMPLETE_MARKER).exists() and len(load_source(out)) == 6
+
+
+def test_collect_on_a_real_full_disk(server: _Server, tmp_path: Path) -> None:
+    """A real full disk: a small tmpfs in a user + mount namespace (skipped where unavailable)."""
+    from test_disk_full import _on_small_disk, _one_line, _unshare_works
+
+    if not _unshare_works():
+        pytest.skip("no user namespaces (unshare -rm) here")
+    urls = _write_list(tmp_path / "urls.csv", server.base, [(f"/p/{i}.jpg", "x") for i in range(6)])
+    cmd = ["collect", str(urls), "$DISK/out", "--workers", "1", "--timeout", "5"]
+    _, (_, full, loaded, _, again, files) = _on_small_disk(tmp_path, [
+        ["free", 24], cmd, ["load", "$DISK/out"], ["unfill"], cmd, ["files", "$DISK/out"]])
+    assert full["rc"] == 3, full["stderr"][-2000:]
+    line = _one_line(full["stderr"])
+    assert "disk full writing to" in line and "/disk/out" in line and "run the same collect again" in line
+    assert not loaded["loads"] and "incomplete, facelab collect stopped" in loaded["error"]
+    assert again["rc"] == 0, again["stderr"][-2000:]
+    assert "ok: 6" in again["stdout"]
+    photos = [f for f in files["files"] if f.startswith("x/")]
+    assert len(photos) == 6 and "FACELAB_INCOMPLETE.txt" not in files["files"]
