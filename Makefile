@@ -4,7 +4,7 @@ OUT ?= out/demo
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,7 +12,10 @@ setup:
 demo: setup
 	$(PY) -m facelab.demo --data "$(DATA)" --out "$(OUT)"
 
-test: setup
+lint: setup
+	$(PY) -m ruff check facelab tests bench
+
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

@@ -274,7 +274,8 @@ def run_fastai(td: TaskData, model: str, size: int, epochs: int, batch: int, out
     y_block = fv.MultiCategoryBlock(encoded=True, vocab=names) if multi else fv.CategoryBlock(vocab=list(task.labels))
     block = fv.DataBlock(blocks=(fv.ImageBlock, y_block), get_x=fv.ColReader("path"),
                          get_y=fv.ColReader(names) if multi else fv.ColReader("label"), splitter=splitter,
-                         item_tfms=fv.Resize(size), batch_tfms=[*fv.aug_transforms(), fv.Normalize.from_stats(*fv.imagenet_stats)])
+                         item_tfms=fv.Resize(size),
+                         batch_tfms=[*fv.aug_transforms(), fv.Normalize.from_stats(*fv.imagenet_stats)])
     dls = block.dataloaders(df, bs=batch, num_workers=0)
     learn = fv.vision_learner(dls, arch, pretrained=True, path=out)
     learn.fine_tune(epochs)
@@ -370,15 +371,16 @@ def main() -> None:
         for task in [t for t in args.tasks.split(",") if t]:
             for td in build(task, work, args):
                 print(f"--- {td.name}", flush=True)
+                # the closures run in this same iteration (facelab's run fills `budget` for fastai's)
                 runs: list[tuple[str, Callable[[], dict]]] = [] if args.no_facelab else [
-                    ("facelab", lambda: run_facelab(td, options, work / "runs", args.label))]
+                    ("facelab", lambda: run_facelab(td, options, work / "runs", args.label))]  # noqa: B023
                 if td.people and not args.no_face_embed:
-                    runs.append(("face-embed", lambda: run_facelab(td, {"model": "face-embed"}, work / "runs",
+                    runs.append(("face-embed", lambda: run_facelab(td, {"model": "face-embed"}, work / "runs",  # noqa: B023
                                                                    "face-embed")))
                 if not args.no_fastai:
-                    runs.append(("fastai", lambda: run_fastai(td, fa_model, fa_size,
-                                                              args.fastai_epochs or budget.get("epochs") or fa_epochs,
-                                                              budget.get("batch_size") or 64, work / "fastai")))
+                    runs.append(("fastai", lambda: run_fastai(  # noqa: B023
+                        td, fa_model, fa_size, args.fastai_epochs or budget.get("epochs") or fa_epochs,  # noqa: B023
+                        budget.get("batch_size") or 64, work / "fastai")))  # noqa: B023
                 budget: dict[str, Any] = {}
                 for tool, fn in runs:
                     r = {"task": td.name, "notes": td.notes, **fn()}

@@ -76,8 +76,8 @@ def table(rows: Iterable[Sequence[Any]], columns: Sequence[str], floatfmt: str =
 
 def page(title: str, sections: Sequence[tuple[str, str]], intro: str = "") -> str:
     """A complete HTML document: ``sections`` = [(heading, inner_html), ...]."""
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-             f"<meta name='viewport' content='width=device-width,initial-scale=1'>",
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width,initial-scale=1'>",
              f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{escape(title)}</h1>", intro]
     for heading, inner in sections:

@@ -66,9 +66,9 @@ def face_box_from_landmarks(landmarks: np.ndarray) -> tuple[int, int, int, int]:
     pts = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     centre = (pts[0] + pts[1]) / 2
     iod = max(float(np.linalg.norm(pts[1] - pts[0])), 1.0)
-    l, t, r, b = _BOX_FROM_EYES
-    return (int(round(centre[0] + l * iod)), int(round(centre[1] + t * iod)),
-            int(round(centre[0] + r * iod)), int(round(centre[1] + b * iod)))
+    left, top, right, bottom = _BOX_FROM_EYES
+    return (int(round(centre[0] + left * iod)), int(round(centre[1] + top * iod)),
+            int(round(centre[0] + right * iod)), int(round(centre[1] + bottom * iod)))
 
 
 def _face_box(crop: np.ndarray, landmarks: np.ndarray | None) -> tuple[int, int, int, int]:
@@ -94,8 +94,8 @@ def face_chip(crop: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarr
 
     shape_model, _, _ = _models()
     crop = np.ascontiguousarray(_as_rgb(crop))
-    l, t, r, b = _face_box(crop, landmarks)
-    shape = shape_model(crop, dlib.rectangle(l, t, r, b))
+    left, top, right, bottom = _face_box(crop, landmarks)
+    shape = shape_model(crop, dlib.rectangle(left, top, right, bottom))
     return np.asarray(dlib.get_face_chip(crop, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
 
 

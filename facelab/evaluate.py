@@ -790,7 +790,8 @@ def model_card(task: Task, m: dict) -> str:
              "", "## Task", f"- {task.kind} over {len(task.labels)} label(s): {', '.join(task.labels[:40])}"
              + (" ..." if len(task.labels) > 40 else ""),
              f"- Decision thresholds: {', '.join(f'{t:.2f}' for t in task.thresholds) or 'argmax'}"
-             + (f" (tuned on {m['thresholds']['split']} for {m['thresholds']['metric']})" if m["thresholds"].get("tuned") else ""),
+             + (f" (tuned on {m['thresholds']['split']} for {m['thresholds']['metric']})"
+                if m["thresholds"].get("tuned") else ""),
              "", "## Evaluation data",
              f"- {src['data']}, split {src['split'] or 'all'}: {src['evaluated']} photos "
              f"({src['dropped_by_face_preparation']} of {src['photos_in_source']} dropped: no usable face)",

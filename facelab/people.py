@@ -7,9 +7,10 @@ on the crops of ``facelab prepare``, plus a small trained head:
 * ``knn``: nearest enrolled photos (no training at all).
 
 Open set: every query's *distance to the nearest person's mean embedding* (or, with
-``unknown_score="nearest"``, to the nearest enrolled photo) is compared with a threshold calibrated on the enrolled photos themselves, without setting any aside:
-each photo left out in turn against the rest of the gallery (genuine: what a new photo
-of a known person looks like) and, person by person, that person's photos against the
+``unknown_score="nearest"``, to the nearest enrolled photo) is compared with a threshold
+calibrated on the enrolled photos themselves, without setting any aside: each photo
+left out in turn against the rest of the gallery (genuine: what a new photo of a known
+person looks like) and, person by person, that person's photos against the
 gallery without them (impostors: exactly what a stranger looks like to the model). A
 face farther than the threshold is reported as ``unknown``. The threshold, its
 false-accept / false-reject rates and the trade-off at other false-accept targets are

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -781,7 +781,8 @@ def evaluate_epoch(model: nn.Module, data: Data, loss_fn: nn.Module, rt: Runtime
         balanced = [balanced_accuracy(confusion_matrix(y[:, j], decided[:, j], 2)) for j in range(y.shape[1])]
         return {"valid_loss": loss, "accuracy": float(per.mean()), "balanced_accuracy": float(np.mean(balanced)),
                 "per_label": {n: float(a) for n, a in zip(data.task.labels, per)}}
-    return {"valid_loss": loss, "accuracy": float((decided == y).mean()), "balanced_accuracy": balanced_accuracy(confusion_matrix(y, decided, len(data.task.labels)))}
+    matrix = confusion_matrix(y, decided, len(data.task.labels))
+    return {"valid_loss": loss, "accuracy": float((decided == y).mean()), "balanced_accuracy": balanced_accuracy(matrix)}
 
 
 # --------------------------------------------------------------------------- phases, optimiser

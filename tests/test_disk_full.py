@@ -110,7 +110,8 @@ def _one_line(stderr: str) -> str:
 
 def _photos(orl_faces: Path, dst: Path, people: int = 4, each: int = 10) -> Path:
     for k in range(1, people + 1):
-        shutil.copytree(orl_faces / f"s{k}", dst / f"s{k}", ignore=shutil.ignore_patterns(*[f"{i}.pgm" for i in range(each + 1, 11)]))
+        skip = shutil.ignore_patterns(*[f"{i}.pgm" for i in range(each + 1, 11)])
+        shutil.copytree(orl_faces / f"s{k}", dst / f"s{k}", ignore=skip)
     return dst
 
 
