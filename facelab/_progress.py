@@ -47,6 +47,12 @@ class _Quiet:
     def close(self) -> None:
         pass
 
+    def __enter__(self) -> "_Quiet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
 
 class LogProgress:
     """Progress as log lines: ``prepare: 450/900 (50%), 120.3 img/s, about 4 s left``."""

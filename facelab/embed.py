@@ -191,10 +191,10 @@ def embed_crops(crops: Sequence[np.ndarray], landmarks: np.ndarray | None = None
 
 def _embed_missing(crops: Sequence[np.ndarray], todo: list[int], landmarks: np.ndarray | None,
                    out: np.ndarray, progress: bool, batch_size: int) -> None:
-    from tqdm import tqdm
+    from facelab._progress import progress as progress_bar
 
     _, net, _ = _models()
-    bar = tqdm(total=len(todo), desc="embedding faces", unit="face", disable=not progress)
+    bar = progress_bar(len(todo), "embedding faces", "face", enabled=progress)
     for start in range(0, len(todo), batch_size):
         idx = todo[start:start + batch_size]
         chips = [face_chip(crops[i], landmarks) for i in idx]

@@ -202,12 +202,11 @@ def _prepared(table: SampleTable, prepare: dict | None, progress: bool) -> Sampl
 def predict_table(predictors: Sequence[Any], table: SampleTable, batch_size: int = 64,
                   progress: bool = True) -> np.ndarray:
     """Probabilities of every member for every (crop) photo: float32 (members, N, L)."""
-    from tqdm.auto import tqdm
-
+    from facelab._progress import progress as progress_bar
     from facelab.images import read_image
 
     out = np.zeros((len(predictors), len(table), len(predictors[0].labels)), np.float32)
-    bar = tqdm(total=len(table), desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(table), "evaluate", enabled=progress)
     for start in range(0, len(table), batch_size):
         crops = [read_image(p) for p in table.paths[start:start + batch_size]]
         for k, pred in enumerate(predictors):

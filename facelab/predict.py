@@ -336,14 +336,14 @@ def predict(run: str | Path, inputs: Sequence[str | Path] | str | Path, backend:
         batch_photos: photos whose faces go through the model in one call.
         progress: show a progress bar.
     """
-    from tqdm.auto import tqdm
+    from facelab._progress import progress as progress_bar
 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     paths = expand_paths(inputs)
     predictor = load_predictor(run, backend)
     photos: list[PhotoResult] = []
-    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress or len(paths) < 2) as bar:
+    with progress_bar(len(paths), "predict", enabled=progress and len(paths) >= 2) as bar:
         for start in range(0, len(paths), batch_photos):
             chunk = paths[start:start + batch_photos]
             photos += _predict_chunk(predictor, chunk, all_faces)

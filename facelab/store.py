@@ -93,12 +93,11 @@ def build_shards(spec: StoreSpec, paths: Sequence[Path | str], shards: Iterable[
     """Write the shards (all, or those listed) that are not on disk yet; returns those written.
 
     One shard is in memory at a time. Decoding and resizing are ``load_crops``'s."""
-    from tqdm.auto import tqdm
+    from facelab._progress import progress as progress_bar
 
     todo = [s for s in (range(spec.shards) if shards is None else shards) if not spec.shard_path(s).is_file()]
     total = sum(len(spec.shard_range(s)) for s in todo)
-    with tqdm(total=total, desc="writing crop store", unit="img", disable=not progress or not todo,
-              leave=False) as bar:
+    with progress_bar(total, "writing crop store", enabled=progress and bool(todo)) as bar:
         for s in todo:
             _write_shard(spec, s, [paths[i] for i in spec.shard_range(s)], bar)
     return todo

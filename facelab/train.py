@@ -366,13 +366,14 @@ def _group_split(ids: np.ndarray, strata: np.ndarray, fraction: float, rng: np.r
 
 def load_crops(paths: Sequence[Path], size: int, progress: bool) -> np.ndarray:
     """Decode and resize every crop once (uint8 in memory; faces are small)."""
-    from tqdm.auto import tqdm
-
+    from facelab._progress import progress as progress_bar
     from facelab.images import read_image
 
     out = np.empty((len(paths), size, size, 3), np.uint8)
-    for i, p in enumerate(tqdm(paths, desc="loading crops", unit="img", disable=not progress, leave=False)):
-        out[i] = resize_crops([read_image(p)], size)[0]
+    with progress_bar(len(paths), "loading crops", enabled=progress) as bar:
+        for i, p in enumerate(paths):
+            out[i] = resize_crops([read_image(p)], size)[0]
+            bar.update()
     return out
 
 
