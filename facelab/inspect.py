@@ -454,10 +454,10 @@ def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats 
 
 def _load_run(run: str) -> Any:
     """``facelab.load(run)``; a face-embed run also loads without the CNN stage's bundle module."""
-    import facelab
-
     try:
-        return facelab.load(run)
+        from facelab.bundle import load
+
+        return load(run)
     except ModuleNotFoundError as exc:
         if exc.name != "facelab.bundle":
             raise
