@@ -26,7 +26,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -520,10 +520,14 @@ def explain(run: str | Path, images: Sequence[str | Path], out: str | Path | Non
     return ExplainResult(out, items, files)
 
 
-def _progress(images: Sequence[str | Path]) -> Any:
-    from tqdm.auto import tqdm
+def _progress(images: Sequence[str | Path]) -> Iterator[str | Path]:
+    """The photos, with progress (a bar on a terminal, log lines otherwise) from 4 photos on."""
+    from facelab._progress import progress
 
-    return tqdm(list(images), desc="explain", unit="img", disable=len(images) < 4, dynamic_ncols=True)
+    with progress(len(images), "explain", enabled=len(images) >= 4) as bar:
+        for image in images:
+            yield image
+            bar.update()
 
 
 def explain_photo(predictor: Any, path: str | Path, config: ExplainConfig) -> Explanation | None:

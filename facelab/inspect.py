@@ -164,8 +164,7 @@ def _stats(path: Path) -> ImageStats:
 
 def scan(paths: Sequence[Path], workers: int = 2, progress: bool = True) -> tuple[list[ImageStats | None], dict[int, str]]:
     """Statistics of every photo (None where unreadable) and the reason per unreadable index."""
-    from tqdm.auto import tqdm
-
+    from facelab._progress import progress as progress_bar
     from facelab.images import ImageError
 
     def one(p: Path) -> ImageStats | str:
@@ -178,9 +177,9 @@ def scan(paths: Sequence[Path], workers: int = 2, progress: bool = True) -> tupl
 
     stats: list[ImageStats | None] = []
     errors: dict[int, str] = {}
-    with ThreadPoolExecutor(workers) as pool:
-        for i, r in enumerate(tqdm(pool.map(one, paths), total=len(paths), desc="inspect", unit="img",
-                                   disable=not progress)):
+    with ThreadPoolExecutor(workers) as pool, progress_bar(len(paths), "inspect", enabled=progress) as bar:
+        for i, r in enumerate(pool.map(one, paths)):
+            bar.update()
             if isinstance(r, str):
                 errors[i] = r
                 stats.append(None)
