@@ -502,9 +502,9 @@ def train_face_embed(table: SampleTable, config: Any = None, run_dir: str | Path
     labels = crops.labels
     held = _held_out_mask(crops, cfg)
     names = [str(crops.source_of(i)) for i in range(len(crops))]  # the enrolled photos
-    metrics = _held_out_metrics(people.label_names, Gallery(emb, labels, names), held, cfg)
-    # The model itself: every photo in the gallery, the threshold calibrated leave-one-out.
     gallery = Gallery(emb, labels, names)
+    metrics = _held_out_metrics(people.label_names, gallery, held, cfg)
+    # The model itself: every photo in the gallery, the threshold calibrated leave-one-out.
     genuine, impostor = open_set_scores(gallery, cfg.unknown_score)
     cal = calibrate_threshold(genuine, impostor, cfg.target_far)
     same, diff = pair_scores(emb, labels)
@@ -513,8 +513,8 @@ def train_face_embed(table: SampleTable, config: Any = None, run_dir: str | Path
     metrics.update(far=cal.far, frr=cal.frr, threshold=cal.threshold)
     seconds = time.perf_counter() - t0
     metrics.update(images_per_second=len(crops) / max(seconds, 1e-9), time=seconds)
-    bundle = _bundle_dict(model, prep, cal, pair, cfg, run_dir, len(crops) / max(seconds, 1e-9))
-    bundle["open_set"]["tradeoff"] = tradeoff(genuine, impostor)
+    bundle = _bundle_dict(model, prep, _calibration_fields(cal, genuine, impostor), pair, cfg, run_dir,
+                          len(crops) / max(seconds, 1e-9))
     bundle["train"]["metrics"] = metrics
     _write_run(run_dir, config, cfg, model, bundle, metrics)
     _save_calibration_plot(run_dir / "open_set.png", genuine, impostor, cal)
@@ -571,7 +571,13 @@ def _metrics(model: IdentityModel, emb: np.ndarray, labels: np.ndarray, held: np
     return out
 
 
-def _bundle_dict(model: IdentityModel, prep: dict, cal: Calibration, pair: Calibration,
+def _calibration_fields(cal: Calibration, genuine: np.ndarray, impostor: np.ndarray) -> dict:
+    """The open-set section's calibration entries (threshold, rates, counts, how, trade-off):
+    written by training and rewritten by every enrolment."""
+    return {**cal.to_dict(), "calibration": CALIBRATION_RULE, "tradeoff": tradeoff(genuine, impostor)}
+
+
+def _bundle_dict(model: IdentityModel, prep: dict, calibration: dict, pair: Calibration,
                  cfg: FaceEmbedConfig, run_dir: Path, images_per_second: float) -> dict:
     from facelab.embed import EMBEDDING_DIM, EMBEDDING_ID
 
@@ -584,10 +590,8 @@ def _bundle_dict(model: IdentityModel, prep: dict, cal: Calibration, pair: Calib
         "input": {"size": prep["size"], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
                   "note": "crops go to dlib's embedding, which normalises itself"},
         "prepare": prep,
-        "open_set": {"threshold": cal.threshold, "unknown_label": UNKNOWN,
-                     "rule": cfg.unknown_score, "score": SCORE_TEXT[cfg.unknown_score],
-                     **{k: v for k, v in cal.to_dict().items() if k != "threshold"},
-                     "calibration": CALIBRATION_RULE, "target_far": cfg.target_far,
+        "open_set": {"unknown_label": UNKNOWN, "rule": cfg.unknown_score, "score": SCORE_TEXT[cfg.unknown_score],
+                     **calibration, "target_far": cfg.target_far,
                      "verify_threshold": pair.threshold, "verify_far": pair.far, "verify_frr": pair.frr},
         "people": {"photos": _photo_counts(model)},
         "train": {"run": str(run_dir), "epochs": 0, "images_per_second": round(images_per_second, 2)},
@@ -900,8 +904,7 @@ def _recalibrated(open_set: dict, gallery: Gallery, model: IdentityModel) -> dic
     if not cal.calibrated:
         return open_set
     model.threshold = cal.threshold
-    return {**open_set, "threshold": cal.threshold, **{k: v for k, v in cal.to_dict().items() if k != "threshold"},
-            "calibration": CALIBRATION_RULE, "tradeoff": tradeoff(genuine, impostor)}
+    return {**open_set, **_calibration_fields(cal, genuine, impostor)}
 
 
 def _write_enrolled(bdir: Path, bundle: dict, model: IdentityModel) -> None:
