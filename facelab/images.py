@@ -77,9 +77,14 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     converted (transparent areas become white). Raises :class:`ImageError` on anything
     that is not a readable image.
     """
+    return decode_image(read_bytes(path), name=str(path), max_pixels=max_pixels)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A photo file's bytes, or an :class:`ImageError` that says why they cannot be read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except IsADirectoryError:
         raise ImageError(path, "is a folder, not an image file") from None
     except PermissionError:
@@ -88,7 +93,6 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError(path, "file not found") from None
     except OSError as exc:
         raise ImageError(path, f"cannot be read ({exc.strerror or exc})") from None
-    return decode_image(data, name=str(path), max_pixels=max_pixels)
 
 
 def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXELS, min_side: int = 0,

@@ -397,14 +397,10 @@ def _photo_faces(pipeline: Any, cache: Any, path: Path) -> tuple[list, tuple[int
     import hashlib
 
     from facelab.detect import Face
-    from facelab.images import ImageError, read_image, upright_size
+    from facelab.images import ImageError, read_bytes, read_image, upright_size
     from facelab.prepare import PreparedFace
 
-    try:
-        data = path.read_bytes()
-    except OSError:
-        read_image(path)  # raises the ImageError that says why
-        raise
+    data = read_bytes(path)
     size = upright_size(data)
     hit = cache.load(hashlib.sha256(data).hexdigest()) if pipeline.config.format == "png" else None
     if hit is not None and hit.status in ("kept", "no_face"):
