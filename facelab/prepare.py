@@ -900,9 +900,14 @@ def prepare_shard(src: str | Path, shard: int, shards: int, config: PrepareConfi
                             processes=processes)
     except DiskFullError as exc:
         raise _disk_full_advice(exc, None, cache_root) from None
+    return ShardReport(shard, shards, len(mine), _counts(results), time.perf_counter() - t0, cache_root)
+
+
+def _counts(results: list[FileResult]) -> dict[str, int]:
+    """Photos per outcome, and how many came from the cache."""
     counts = dict(Counter(r.status for r in results))
     counts["cached"] = sum(r.cached for r in results)
-    return ShardReport(shard, shards, len(mine), counts, time.perf_counter() - t0, cache_root)
+    return counts
 
 
 def _prepare_into(table: SampleTable, out: Path, config: PrepareConfig, workers: int, cache_dir: str | Path | None,
@@ -913,8 +918,7 @@ def _prepare_into(table: SampleTable, out: Path, config: PrepareConfig, workers:
                         out_names=[str(out / n) for n in names])
     outputs = _write_outputs(table, results, out, names)
     seconds = time.perf_counter() - t0
-    counts = dict(Counter(r.status for r in results))
-    counts["cached"] = sum(r.cached for r in results)
+    counts = _counts(results)
     counts["kept_from_several"] = sum(r.status == "kept" and r.n_faces > 1 for r in results)
     _log_rejects(results)
     csv_path = _write_csv(out / REPORT_DIR / "report.csv", results, outputs)
