@@ -23,6 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
+from facelab.errors import DataError
+
+__all__ = ["DataError", "SampleTable", "load_source"]
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".pgm", ".ppm", ".pnm", ".tif", ".tiff")
@@ -45,9 +49,6 @@ _CELEBA_PARTITIONS = {"0": "train", "1": "valid", "2": "test"}
 _PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "img")
 _META_COLUMNS = ("identity", "person", "person_id", "split", "partition")
 
-
-class DataError(ValueError):
-    """A data source is missing or malformed; the message names the file (and line)."""
 
 
 @dataclass

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facelab.errors import DataError
+
 log = logging.getLogger(__name__)
 
 #: Photos with more pixels than this are refused (below PIL's decompression-bomb guard: 89 Mpx
@@ -59,7 +61,7 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-class ImageError(ValueError):
+class ImageError(DataError):
     """A photo could not be read. ``path`` is the file, ``reason`` a short cause (for reports)."""
 
     def __init__(self, path: str | Path, reason: str, hint: str = "") -> None:

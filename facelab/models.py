@@ -26,6 +26,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from facelab.errors import FacelabError
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -213,7 +215,7 @@ def offline_options() -> str:
     return "\n".join(lines)
 
 
-class WeightsNotFound(ValueError):
+class WeightsNotFound(FacelabError, ValueError):
     """Pretrained weights were asked for and none could be found."""
 
 

@@ -17,7 +17,10 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from facelab._io import read_json, save_torch, write_json
+from facelab.bundle.spec import InputSpec, resize_crops
 from facelab.tasks import Task
+
+__all__ = ["InputSpec", "FacePrediction", "Predictor", "TorchPredictor", "load", "read_bundle", "resize_crops"]
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +102,6 @@ def save_bundle(bundle_dir: str | Path, bundle: dict, state_dict: dict | None = 
         save_torch(bdir / bundle["model"].get("weights", WEIGHTS_FILE), state_dict)
     write_json(bdir / BUNDLE_FILE, bundle)
     return bdir
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-def resize_crops(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Aligned RGB uint8 crops (any size; grey allowed) -> one uint8 (N, size, size, 3)
-    batch: area interpolation down, linear up. Training uses exactly this too."""
-    import cv2
-
-    out = np.empty((len(crops), size, size, 3), np.uint8)
-    for i, crop in enumerate(crops):
-        crop = np.asarray(crop)
-        if crop.ndim == 2:
-            crop = np.stack([crop] * 3, axis=-1)
-        if crop.shape[:2] != (size, size):
-            shrink = crop.shape[0] > size
-            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        out[i] = crop[..., :3]
-    return out
 
 
 # --------------------------------------------------------------------------- the torch backend
