@@ -31,6 +31,8 @@ from facelab.bundle import BUNDLE_DIR, make_bundle, resize_crops, save_bundle
 from facelab.data import DataError, SampleTable, load_source
 from facelab.metrics import balanced_accuracy, confusion_matrix
 from facelab.models import backbone_parameters, classifier_parameters, create_model, get_spec
+from facelab.splits import (  # noqa: F401 - re-exported: facelab.train.split_indices etc.
+    DEFAULT_VALID_FRACTION, _keep_every_class, official_split, split_indices, without_test_split)
 from facelab.tasks import Task, infer_task, targets_from_table
 
 if TYPE_CHECKING:
@@ -47,8 +49,6 @@ SCHEDULES = ("onecycle", "cosine")
 IMBALANCE_MODES = ("auto", "none", "weighted", "oversample")
 MONITORS = ("balanced_accuracy", "valid_loss", "accuracy")
 LOADERS = ("auto", "memory", "stream")
-#: Held out for validation when the source has no official partition.
-DEFAULT_VALID_FRACTION = 0.2
 FACE_EMBED = "face-embed"
 
 
@@ -270,100 +270,6 @@ def prepared_table(table: SampleTable, config: TrainConfig) -> tuple[SampleTable
     return out, prep.to_dict()
 
 
-def _people_task(table: SampleTable) -> bool:
-    """True when the classes ARE the people (one class per identity): the same people must
-    then be in train and validation."""
-    if table.kind != "classes" or not table.has_identities:
-        return table.kind == "classes"
-    pairs = {(i, int(c)) for i, c in zip(table.identities, table.labels)}
-    return len(pairs) == len({i for i, _ in pairs}) == len(set(int(c) for c in table.labels))
-
-
-def _strata(y: np.ndarray) -> np.ndarray:
-    """A stratification key per row: the class, or the rarest positive attribute."""
-    if y.ndim == 1:
-        return y
-    freq = y.mean(axis=0)
-    rarest = np.where(y.any(axis=1), np.argmin(np.where(y > 0, freq[None, :], 2.0), axis=1), -1)
-    return rarest
-
-
-def official_split(table: SampleTable) -> tuple[np.ndarray, np.ndarray] | None:
-    """(train rows, valid rows) of the source's own partition, or None when it has none."""
-    if not table.has_splits:
-        return None
-    splits = np.array([s or "" for s in table.splits])
-    train, valid = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
-    return (train, valid) if len(train) and len(valid) else None
-
-
-def split_indices(table: SampleTable, task: Task, valid_fraction: float | None,
-                  seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train rows, valid rows, how): the official partition when present; else grouped by
-    person when people are known (and are not the classes), else stratified; seeded.
-
-    ``valid_fraction`` None means :data:`DEFAULT_VALID_FRACTION`; a fraction given with an
-    official partition is refused rather than silently ignored."""
-    official = official_split(table)
-    if official is not None:
-        if valid_fraction is not None:
-            raise DataError(f"{table.root} has an official train/valid partition, so --valid-fraction "
-                            f"{valid_fraction} would be ignored; drop --valid-fraction to use the "
-                            f"partition, or give a source without one (e.g. a CSV with no split column)")
-        return official[0], official[1], "official partition"
-    fraction = DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction
-    rng = np.random.default_rng(seed)
-    strata = _strata(targets_from_table(table, task))
-    if table.has_identities and not _people_task(table):
-        ids = np.array([str(i) for i in table.identities])
-        valid = _group_split(ids, strata, fraction, rng)
-        if table.kind == "classes":
-            valid = _keep_every_class(valid, strata, table)
-        n_people = len(np.unique(ids[valid]))
-        return np.setdiff1d(np.arange(len(ids)), valid), valid, f"identity-disjoint ({n_people} people held out)"
-    valid_parts = []
-    for s in np.unique(strata):
-        rows = rng.permutation(np.flatnonzero(strata == s))
-        valid_parts.append(rows[:int(round(len(rows) * fraction))])
-    valid = np.sort(np.concatenate(valid_parts))
-    return np.setdiff1d(np.arange(len(strata)), valid), valid, "stratified"
-
-
-def _keep_every_class(valid: np.ndarray, y: np.ndarray, table: SampleTable) -> np.ndarray:
-    """A class whose every photo was held out could never be learned: its photos go back to
-    training (logged), so validation never asks for a class the model has not seen."""
-    lost = [c for c in np.unique(y) if not np.setdiff1d(np.flatnonzero(y == c), valid).size]
-    if lost:
-        log.warning("%s: %d class(es) had all their photos in the people held out for validation (%s); "
-                    "they stay in training", table.root, len(lost), ", ".join(table.label_names[int(c)] for c in lost[:5]))
-        valid = valid[~np.isin(y[valid], lost)]
-    return valid
-
-
-def _group_split(ids: np.ndarray, strata: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Valid rows: whole people, drawn per stratum (a person belongs to the stratum most of
-    their photos are in) until each stratum has about ``fraction`` of its photos held out;
-    a stratum's last person always stays in training."""
-    people, person = np.unique(ids, return_inverse=True)
-    levels, stratum = np.unique(strata, return_inverse=True)
-    counts = np.zeros((len(people), len(levels)), np.int64)
-    np.add.at(counts, (person, stratum), 1)
-    home = counts.argmax(axis=1)
-    size = counts.sum(axis=1)
-    held: list[int] = []
-    for level in range(len(levels)):
-        mine = rng.permutation(np.flatnonzero(home == level))
-        target, taken = fraction * counts[:, level].sum(), 0
-        for p in mine[:-1]:
-            if taken >= target or (taken and taken + size[p] > 1.5 * target):
-                break
-            held.append(int(p))
-            taken += int(size[p])
-    if not held:  # every stratum has one person only: hold out one person at random
-        held = [int(rng.integers(len(people)))]
-    return np.flatnonzero(np.isin(person, held))
-
-
 def load_crops(paths: Sequence[Path], size: int, progress: bool) -> np.ndarray:
     """Decode and resize every crop once (uint8 in memory; faces are small)."""
     from facelab._progress import progress as progress_bar
@@ -444,17 +350,6 @@ def stream_data(data: Data, config: TrainConfig, size: int, rt: "Runtime | None"
         data.train_part = S.rank_rows(specs["train"], rank, world)
         data.part_rows = min(len(S.rank_rows(specs["train"], r, world)) for r in range(world))
     return data
-
-
-def without_test_split(table: SampleTable) -> SampleTable:
-    """A source with train/ and test/ but no valid/ split: validation is drawn from the
-    training photos only; the test photos are never trained or validated on."""
-    if not table.has_splits or official_split(table) is not None:
-        return table
-    keep = [i for i, s in enumerate(table.splits) if s != "test"]
-    if len(keep) < len(table):
-        log.info("%s: %d test photos kept out of training and validation", table.root, len(table) - len(keep))
-    return table.subset(keep)
 
 
 def group_people(table: SampleTable, task: Task, prep: dict | None,
