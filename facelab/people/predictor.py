@@ -1,0 +1,116 @@
+"""The face-embed backend of ``facelab.load``: :class:`EmbeddingPredictor`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from facelab._io import read_json
+from facelab.people.calibration import open_set_rule
+from facelab.people.config import BACKEND, BUNDLE_DIR, UNKNOWN
+from facelab.people.gallery import Gallery
+from facelab.people.model import IdentityModel, _load_head
+from facelab.tasks import Task
+
+
+def resolve_bundle_dir(run: str | Path) -> Path:
+    """A run folder or its bundle folder -> the bundle folder (with a clear error)."""
+    run = Path(run)
+    for cand in (run, run / BUNDLE_DIR):
+        if (cand / "bundle.json").is_file():
+            return cand
+    raise FileNotFoundError(f"{run}: no bundle.json here or in {run / BUNDLE_DIR}; pass a run folder "
+                            f"written by `facelab train ... --model face-embed`")
+
+
+@dataclass
+class PersonPrediction:
+    """One face in a photo: the detection, the probabilities over known people, the crop,
+    the decided name (``unknown`` beyond the threshold) and its nearest-photo distance."""
+
+    face: Any
+    probs: np.ndarray
+    crop: np.ndarray
+    name: str = UNKNOWN
+    distance: float = float("nan")
+
+    @property
+    def known(self) -> bool:
+        return self.name != UNKNOWN
+
+
+class EmbeddingPredictor:
+    """The ``face-embed`` backend of ``facelab.load``: same interface as the CNN predictor,
+    plus :meth:`identify_crops` for open-set names."""
+
+    backend = BACKEND
+
+    def __init__(self, bundle_dir: Path, bundle: dict, model: IdentityModel) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.bundle = bundle
+        self.model = model
+        self.task = Task.from_dict(bundle["task"])
+        self.labels = list(self.task.labels)
+        self.open_set = dict(bundle.get("open_set") or {})
+        self.unknown_label = self.open_set.get("unknown_label", UNKNOWN)
+        self._pipeline = None
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, bundle_dict: dict | None = None) -> "EmbeddingPredictor":
+        bundle_dir = Path(bundle_dir)
+        bundle = bundle_dict if bundle_dict is not None else read_json(bundle_dir / "bundle.json")
+        m = bundle["model"]
+        if m.get("backend") != BACKEND:
+            raise ValueError(f"{bundle_dir}: backend is {m.get('backend')!r}, not {BACKEND!r}")
+        gallery = Gallery.load(bundle_dir / m["files"]["gallery"])
+        weight, bias = _load_head(bundle_dir / m["files"]["head"]) if m["head"] == "logreg" else (None, None)
+        model = IdentityModel(list(bundle["task"]["labels"]), gallery, m["head"], weight, bias,
+                              int(m.get("kwargs", {}).get("knn_k", 3)),
+                              float(bundle.get("open_set", {}).get("threshold", 0.6)),
+                              open_set_rule(bundle))
+        return cls(bundle_dir, bundle, model)
+
+    @property
+    def threshold(self) -> float:
+        return self.model.threshold
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        from facelab.embed import embed_crops, template_landmarks
+
+        return embed_crops(crops, template_landmarks(self.bundle.get("prepare")))
+
+    def predict_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Aligned crops -> probabilities over the known people, float32 (N, L)."""
+        return self.model.probs(self.embed_crops(crops))
+
+    def decide_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """Aligned crops -> (probabilities (N, L), names) from ONE embedding pass; a name
+        is ``unknown`` when the nearest enrolled photo is beyond the calibrated threshold.
+        predict and serve use this (when a predictor has it) for the open-set decision."""
+        names, probs, _ = self.model.identify(self.embed_crops(crops))
+        return probs, names
+
+    def identify_crops(self, crops: Sequence[np.ndarray]) -> list[str]:
+        """Aligned crops -> names; ``unknown`` when the nearest enrolled photo is farther
+        than the calibrated threshold."""
+        return self.model.identify(self.embed_crops(crops))[0]
+
+    def predict_image(self, image: np.ndarray | str | Path) -> list[PersonPrediction]:
+        """A photo (RGB array or path) -> one prediction per face, through the bundle's
+        face preparation."""
+        from facelab.prepare import FacePipeline
+
+        if self._pipeline is None:
+            self._pipeline = FacePipeline(self.bundle.get("prepare"))
+        faces = self._pipeline.process_image(image)
+        if not faces:
+            return []
+        names, probs, dist = self.model.identify(self.embed_crops([f.crop for f in faces]))
+        return [PersonPrediction(f.face, p, f.crop, n, float(d))
+                for f, p, n, d in zip(faces, probs, names, dist)]
+
+def load(run: str | Path) -> EmbeddingPredictor:
+    """The face-embed predictor of a run (or bundle) folder."""
+    return EmbeddingPredictor.from_bundle(resolve_bundle_dir(run))
