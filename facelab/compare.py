@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from facelab._io import read_json, write_bytes, write_text
+from facelab.bundle import bundle_dir_of, read_bundle
+from facelab.errors import ConfigError
+from facelab.evaluate.runs import resolve_members
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +28,8 @@ _TIME_KEYS = ("train_seconds", "seconds", "train_time", "time_s", "elapsed_s", "
 def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per run (see :data:`COLUMNS`); writes ``compare.csv``, ``compare.png`` and
     ``compare.html`` into ``out`` (default: ``compare/`` beside the first run)."""
-    from facelab.evaluate import resolve_members
-
     if not runs:
-        raise ValueError("no runs to compare: pass two or more run folders")
+        raise ConfigError("no runs to compare: pass two or more run folders")
     rows = []
     for run in runs:
         members, _ = resolve_members(run)
@@ -44,9 +45,7 @@ def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> list[d
 
 def run_row(run: Path, members: Sequence[Path]) -> dict[str, Any]:
     """The comparison row of one run (or ensemble: sizes and costs summed over members)."""
-    from facelab.evaluate import bundle_json_path
-
-    bundles = [read_json(bundle_json_path(m)) for m in members]
+    bundles = [read_bundle(m)[1] for m in members]
     b = bundles[0]
     train = [bb.get("train", {}) for bb in bundles]
     epochs_csv = [_read_metrics_csv(m / "metrics.csv") for m in members]
@@ -74,7 +73,7 @@ def _parameters(run: Path, bundle: dict) -> int | None:
         for key in ("parameters", "params", "num_parameters"):
             if d.get(key):
                 return int(d[key])
-    weights = bundle_dir(run) / "weights.pt"
+    weights = bundle_dir_of(run) / "weights.pt"
     if not weights.is_file():
         return None
     import torch
@@ -83,10 +82,6 @@ def _parameters(run: Path, bundle: dict) -> int | None:
     state = state.get("state_dict", state) if isinstance(state, dict) else {}
     return int(sum(v.numel() for k, v in state.items() if hasattr(v, "numel") and "running_" not in k
                    and not k.endswith("num_batches_tracked")))
-
-
-def bundle_dir(run: Path) -> Path:
-    return run / "bundle" if (run / "bundle").is_dir() else run
 
 
 def _train_seconds(train: dict, epochs: list[dict[str, str]]) -> float | None:
