@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -97,6 +98,17 @@ def read_bytes(path: str | Path) -> bytes:
         raise ImageError(path, f"cannot be read ({exc.strerror or exc})") from None
 
 
+@overload
+def decode_image(data: bytes, name: str = ..., max_pixels: int = ..., min_side: int = ...,
+                 return_full_size: Literal[False] = ..., formats: tuple[str, ...] | None = ...) -> np.ndarray: ...
+
+
+@overload
+def decode_image(data: bytes, name: str = ..., max_pixels: int = ..., min_side: int = ..., *,
+                 return_full_size: Literal[True], formats: tuple[str, ...] | None = ...,
+                 ) -> tuple[np.ndarray, tuple[int, int]]: ...
+
+
 def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXELS, min_side: int = 0,
                  return_full_size: bool = False, formats: tuple[str, ...] | None = None,
                  ) -> np.ndarray | tuple[np.ndarray, tuple[int, int]]:
@@ -128,9 +140,8 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXEL
                 k = min_side / max(w, h)
                 img.draft(None, (max(1, int(np.ceil(w * k))), max(1, int(np.ceil(h * k)))))
             img.load()
-            if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation: rotate/flip upright
-                img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            upright = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img  # rotate/flip
+            rgb = _to_rgb(upright)
     except ImageError:
         raise
     except UnidentifiedImageError:
