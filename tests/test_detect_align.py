@@ -12,6 +12,7 @@ import pytest
 from facelab.align import (align_face, balance_light, similarity_transform, suppress_background,
                            template_points, transform_points)
 from facelab.detect import Face, check_detector_options, create_detector, list_detectors
+from facelab.errors import ConfigError
 from facelab.images import read_image
 
 WILD_SAMPLE = ("003410.jpg", "005840.jpg", "007983.jpg")
@@ -32,7 +33,7 @@ def wild_photos(celeba_wild: Path) -> list[np.ndarray]:
 
 def test_registry_lists_the_four_detectors_and_rejects_unknown_names() -> None:
     assert {"haar", "dlib-hog", "yuface", "mtcnn"} <= set(list_detectors())
-    with pytest.raises(ValueError, match="unknown detector 'retina'.*dlib-hog.*haar.*mtcnn.*yuface"):
+    with pytest.raises(ConfigError, match="unknown detector 'retina'.*dlib-hog.*haar.*mtcnn.*yuface"):
         create_detector("retina")
 
 
@@ -66,13 +67,13 @@ def test_yuface_finds_faces_in_uncropped_photos(wild_photos: list[np.ndarray]) -
 
 
 def test_detector_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="scale_factor must be > 1"):
+    with pytest.raises(ConfigError, match="scale_factor must be > 1"):
         create_detector("haar", scale_factor=1.0)
-    with pytest.raises(ValueError, match="detector yuface: unknown option 'min_neighbors'; valid options: conf, threads"):
+    with pytest.raises(ConfigError, match="detector yuface: unknown option 'min_neighbors'; valid options: conf, threads"):
         create_detector("yuface", min_neighbors=3)
-    with pytest.raises(ValueError, match=r"unknown option 'minneighbours' \(did you mean min_neighbors\?\)"):
+    with pytest.raises(ConfigError, match=r"unknown option 'minneighbours' \(did you mean min_neighbors\?\)"):
         create_detector("haar", minneighbours=3)
-    with pytest.raises(ValueError, match="conf must be a number, got 'high'"):
+    with pytest.raises(ConfigError, match="conf must be a number, got 'high'"):
         create_detector("yuface", conf="high")
     haar = create_detector("haar", minNeighbors=4, scaleFactor=1.15, minSize=[30, 40])  # OpenCV's spellings
     assert (haar.min_neighbors, haar.scale_factor, haar.min_size) == (4, 1.15, (30, 40))
@@ -129,7 +130,7 @@ def test_templates_and_margin() -> None:
     assert np.linalg.norm(wide[1] - wide[0]) < np.linalg.norm(celeba[1] - celeba[0])
     tight = template_points("tight", 112)
     assert np.allclose(tight[0], [38.2946, 51.6963], atol=1e-3)
-    with pytest.raises(ValueError, match="unknown template 'round'.*celeba.*tight"):
+    with pytest.raises(ConfigError, match="unknown template 'round'.*celeba.*tight"):
         template_points("round", 100)
 
 
@@ -167,5 +168,5 @@ def test_light_balancing_and_background_suppression(celeba_wild: Path) -> None:
     assert np.array_equal(grey[cy - 5:cy + 5, cx - 5:cx + 5], crop[cy - 5:cy + 5, cx - 5:cx + 5])  # face kept
     blurred = suppress_background(crop, lm, "blur")
     assert not np.array_equal(blurred[:20, :20], crop[:20, :20])
-    with pytest.raises(ValueError, match="unknown background mode"):
+    with pytest.raises(ConfigError, match="unknown background mode"):
         suppress_background(crop, lm, "pink")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from facelab.data import load_source
+from facelab.errors import ConfigError
 from facelab.images import read_image
 from facelab.prepare import (FacePipeline, PrepareConfig, PreparedFace, prepare, prepare_table, run_files)
 from test_images import _bomb_png
@@ -76,13 +77,13 @@ def test_config_round_trip_and_checks() -> None:
     d = json.loads(json.dumps(c.to_dict()))
     assert PrepareConfig.from_dict(d) == c and PrepareConfig.from_dict(d).digest() == c.digest()
     assert PrepareConfig().digest() != c.digest()
-    with pytest.raises(ValueError, match="unknown PrepareConfig key.*'sise'"):
+    with pytest.raises(ConfigError, match="unknown PrepareConfig key.*'sise'"):
         PrepareConfig.from_dict({"sise": 3})
-    with pytest.raises(ValueError, match="unknown detector 'viola'.*yuface"):
+    with pytest.raises(ConfigError, match="unknown detector 'viola'.*yuface"):
         PrepareConfig(detector="viola")
-    with pytest.raises(ValueError, match="multi_face must be one of largest, main, all, skip"):
+    with pytest.raises(ConfigError, match="multi_face must be one of largest, main, all, skip"):
         PrepareConfig(multi_face="first")
-    with pytest.raises(ValueError, match="margin"):
+    with pytest.raises(ConfigError, match="margin"):
         PrepareConfig(margin=-0.5)
 
 
