@@ -48,7 +48,7 @@ from facelab.people.gallery import Gallery, knn_scores, nearest_distance, open_s
 from facelab.people.identities import identity_table, split_per_person
 from facelab.people.model import IdentityModel, fit_logreg
 from facelab.people.onnx import export_onnx
-from facelab.people.predictor import EmbeddingPredictor, PersonPrediction, load, resolve_bundle_dir
+from facelab.people.predictor import EmbeddingPredictor, PersonPrediction, load
 from facelab.people.training import train_face_embed
 from facelab.people.verify import VerifyResult, verify
 
@@ -56,5 +56,5 @@ __all__ = ["BACKEND", "BUNDLE_DIR", "CALIBRATION_RULE", "Calibration", "Embeddin
            "FaceEmbedConfig", "Gallery", "HEADS", "IdentityModel", "OPEN_SET_RULES", "PersonPrediction",
            "SCORE_TEXT", "TRADEOFF_FARS", "UNKNOWN", "VerifyResult", "calibrate_threshold", "enroll",
            "export_onnx", "fit_logreg", "identity_table", "knn_scores", "load", "nearest_distance",
-           "open_set_distance", "open_set_rule", "open_set_scores", "pair_scores", "resolve_bundle_dir",
+           "open_set_distance", "open_set_rule", "open_set_scores", "pair_scores",
            "split_per_person", "tradeoff", "train_face_embed", "verify"]

@@ -4,11 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from facelab.bundle import BUNDLE_DIR
+from facelab.errors import ConfigError
+
+__all__ = ["BACKEND", "BUNDLE_DIR", "HEADS", "OPEN_SET_RULES", "UNKNOWN", "FaceEmbedConfig"]
+
 
 BACKEND = "face-embed"
 UNKNOWN = "unknown"
 HEADS = ("logreg", "knn")
-BUNDLE_DIR = "bundle"
 
 #: Open-set scores (see :func:`open_set_distance`). ``centroid`` is the default: on
 #: celeba-mini it turned away fewer known photos at the same share of strangers let in
@@ -43,17 +47,17 @@ class FaceEmbedConfig:
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
-            raise ValueError(f"unknown face-embed head {self.head!r}; valid: {', '.join(HEADS)}")
+            raise ConfigError(f"unknown face-embed head {self.head!r}; valid: {', '.join(HEADS)}")
         if self.knn_k < 1:
-            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+            raise ConfigError(f"knn_k must be >= 1, got {self.knn_k}")
         if self.C <= 0:
-            raise ValueError(f"C must be > 0, got {self.C}")
+            raise ConfigError(f"C must be > 0, got {self.C}")
         if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+            raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if self.unknown_score not in OPEN_SET_RULES:
-            raise ValueError(f"unknown unknown_score {self.unknown_score!r}; valid: {', '.join(OPEN_SET_RULES)}")
+            raise ConfigError(f"unknown unknown_score {self.unknown_score!r}; valid: {', '.join(OPEN_SET_RULES)}")
         if self.target_far is not None and not 0.0 <= self.target_far <= 1.0:
-            raise ValueError(f"target_far must be in [0, 1] or None, got {self.target_far}")
+            raise ConfigError(f"target_far must be in [0, 1] or None, got {self.target_far}")
 
     @classmethod
     def from_train_config(cls, config: Any) -> "FaceEmbedConfig":
@@ -70,7 +74,7 @@ class FaceEmbedConfig:
             extra = dict(src.get(nested) or {})
             unknown = sorted(set(extra) - names)
             if unknown:
-                raise ValueError(f"unknown face-embed option(s) {unknown}; valid: {sorted(names)}")
+                raise ConfigError(f"unknown face-embed option(s) {unknown}; valid: {sorted(names)}")
             kw.update(extra)
         for alias in ("val_fraction", "valid_split"):
             if isinstance(src.get(alias), float):

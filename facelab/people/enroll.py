@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Sequence
 
 from facelab._io import write_json
+from facelab.bundle import bundle_dir_of
+from facelab.errors import ConfigError, DataError
 from facelab.people.calibration import _calibration_fields, calibrate_threshold, open_set_scores
 from facelab.people.config import UNKNOWN, FaceEmbedConfig
 from facelab.people.gallery import Gallery
 from facelab.people.model import IdentityModel, _photo_counts, _save_head
-from facelab.people.predictor import EmbeddingPredictor, resolve_bundle_dir
+from facelab.people.predictor import EmbeddingPredictor
 from facelab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -53,16 +55,16 @@ def enroll(run: str | Path, person: str, photos: Sequence[str | Path], progress:
     t0 = time.perf_counter()
     person = person.strip()
     if not person or person == UNKNOWN:
-        raise ValueError(f"invalid person name {person!r}: must be non-empty and not {UNKNOWN!r}")
-    bdir = resolve_bundle_dir(run)
+        raise ConfigError(f"invalid person name {person!r}: must be non-empty and not {UNKNOWN!r}")
+    bdir = bundle_dir_of(run)
     predictor = EmbeddingPredictor.from_bundle(bdir)
     photos = [Path(p) for p in photos]
     if not photos:
-        raise ValueError("no photos given: pass one or more photo files of the person")
+        raise ConfigError("no photos given: pass one or more photo files of the person")
     emb, found = embed_images(photos, predictor.bundle.get("prepare"), progress=progress)
     skipped = [str(p) for p, ok in zip(photos, found) if not ok]
     if not found.any():
-        raise ValueError(f"no face found in any of the {len(photos)} photo(s) of {person!r}; "
+        raise DataError(f"no face found in any of the {len(photos)} photo(s) of {person!r}; "
                          f"nothing enrolled")
     model = predictor.model
     new_person = person not in model.labels

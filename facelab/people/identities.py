@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from facelab.data import DataError, SampleTable
+from facelab.data import SampleTable
+from facelab.errors import DataError
 from facelab.people.config import FaceEmbedConfig
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from facelab.errors import DataError
 from facelab.people.config import UNKNOWN, FaceEmbedConfig
 from facelab.people.gallery import Gallery, knn_scores, open_set_distance
 
@@ -20,7 +21,7 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, C: float) -> tuple[
     from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(y)) < 2:
-        raise ValueError(f"the logreg head needs photos of at least 2 people, got {len(np.unique(y))}")
+        raise DataError(f"the logreg head needs photos of at least 2 people, got {len(np.unique(y))}")
     with warnings.catch_warnings():  # one photo per person: sklearn warns "regression problem?"
         warnings.simplefilter("ignore", UserWarning)
         clf = LogisticRegression(C=C, max_iter=2000).fit(x, y)

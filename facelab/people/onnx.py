@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facelab._io import read_json
+from facelab.bundle import read_bundle
+from facelab.errors import ConfigError
 from facelab.people.model import _load_head
-from facelab.people.predictor import resolve_bundle_dir
 
 
 def export_onnx(bundle_dir: str | Path, out_path: str | Path) -> Path:
@@ -21,11 +21,10 @@ def export_onnx(bundle_dir: str | Path, out_path: str | Path) -> Path:
 
     from facelab._io import atomic_path
 
-    bdir = resolve_bundle_dir(bundle_dir)
-    bundle = read_json(bdir / "bundle.json")
+    bdir, bundle = read_bundle(bundle_dir)
     m = bundle["model"]
     if m.get("head") != "logreg":
-        raise ValueError(f"{bdir}: ONNX export supports the logreg head only (this run uses "
+        raise ConfigError(f"{bdir}: ONNX export supports the logreg head only (this run uses "
                          f"{m.get('head')!r}); retrain with head=logreg or predict with `facelab predict`")
     weight, bias = _load_head(bdir / m["files"]["head"])
     layer = torch.nn.Linear(weight.shape[1], weight.shape[0])

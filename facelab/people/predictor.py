@@ -7,22 +7,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from facelab._io import read_json
+from facelab.bundle import read_bundle
+from facelab.errors import BundleError
 from facelab.people.calibration import open_set_rule
-from facelab.people.config import BACKEND, BUNDLE_DIR, UNKNOWN
+from facelab.people.config import BACKEND, UNKNOWN
 from facelab.people.gallery import Gallery
 from facelab.people.model import IdentityModel, _load_head
 from facelab.tasks import Task
-
-
-def resolve_bundle_dir(run: str | Path) -> Path:
-    """A run folder or its bundle folder -> the bundle folder (with a clear error)."""
-    run = Path(run)
-    for cand in (run, run / BUNDLE_DIR):
-        if (cand / "bundle.json").is_file():
-            return cand
-    raise FileNotFoundError(f"{run}: no bundle.json here or in {run / BUNDLE_DIR}; pass a run folder "
-                            f"written by `facelab train ... --model face-embed`")
 
 
 @dataclass
@@ -60,10 +51,10 @@ class EmbeddingPredictor:
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, bundle_dict: dict | None = None) -> "EmbeddingPredictor":
         bundle_dir = Path(bundle_dir)
-        bundle = bundle_dict if bundle_dict is not None else read_json(bundle_dir / "bundle.json")
+        bundle = bundle_dict if bundle_dict is not None else read_bundle(bundle_dir)[1]
         m = bundle["model"]
         if m.get("backend") != BACKEND:
-            raise ValueError(f"{bundle_dir}: backend is {m.get('backend')!r}, not {BACKEND!r}")
+            raise BundleError(f"{bundle_dir}: backend is {m.get('backend')!r}, not {BACKEND!r}")
         gallery = Gallery.load(bundle_dir / m["files"]["gallery"])
         weight, bias = _load_head(bundle_dir / m["files"]["head"]) if m["head"] == "logreg" else (None, None)
         model = IdentityModel(list(bundle["task"]["labels"]), gallery, m["head"], weight, bias,
@@ -113,4 +104,4 @@ class EmbeddingPredictor:
 
 def load(run: str | Path) -> EmbeddingPredictor:
     """The face-embed predictor of a run (or bundle) folder."""
-    return EmbeddingPredictor.from_bundle(resolve_bundle_dir(run))
+    return EmbeddingPredictor.from_bundle(*read_bundle(run))

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from facelab._io import write_json, write_text
-from facelab.data import DataError, SampleTable
+from facelab.data import SampleTable
+from facelab.errors import DataError, RunExists
 from facelab.people.calibration import (
     SCORE_TEXT,
     Calibration,
@@ -83,7 +84,7 @@ def train_face_embed(table: SampleTable, config: Any = None, run_dir: str | Path
     run_dir = Path(run_dir)
     progress = bool(getattr(config, "progress", progress))
     if (run_dir / "config.json").exists() and not cfg.overwrite:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --overwrite to replace it, "
+        raise RunExists(f"{run_dir} already holds a run; pass --overwrite to replace it, "
                               f"or choose another --name")
     people = identity_table(table)
     if len(people.label_names) < 2:

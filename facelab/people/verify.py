@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from facelab._io import read_json
-from facelab.people.predictor import resolve_bundle_dir
+from facelab.bundle import read_bundle
+from facelab.errors import DataError
 
 
 @dataclass
@@ -42,7 +42,7 @@ def verify(a: str | Path | np.ndarray, b: str | Path | np.ndarray, run: str | Pa
     source = "dlib default"
     value = DLIB_SAME_PERSON_DISTANCE
     if run is not None:
-        bundle = read_json(resolve_bundle_dir(run) / "bundle.json")
+        bundle = read_bundle(run)[1]
         prepare_config = prepare_config or bundle.get("prepare")
         open_set = bundle.get("open_set", {})
         if "verify_threshold" in open_set:
@@ -61,7 +61,7 @@ def verify(a: str | Path | np.ndarray, b: str | Path | np.ndarray, run: str | Pa
     for img, ok in zip((a, b), found):
         if not ok:
             name = img if isinstance(img, (str, Path)) else "image"
-            raise ValueError(f"{name}: no face found; use a photo where the face is visible, "
+            raise DataError(f"{name}: no face found; use a photo where the face is visible, "
                              f"roughly frontal and at least ~40 px wide")
     d = float(distance(emb[:1], emb[1:])[0, 0])
     return VerifyResult(d <= value, d, value, source)
