@@ -29,7 +29,7 @@ _API = {
     "inspect": "facelab.inspect:inspect",
     "collect": "facelab.collect:collect",
     "train": "facelab.train:train",
-    "load": "facelab.bundle:load",
+    "load": "facelab.backends:load",
     "evaluate": "facelab.evaluate:evaluate",
     "compare": "facelab.compare:compare",
     "explain": "facelab.explain:explain",

@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from facelab._io import read_json
-from facelab.bundle import FacePrediction
-from facelab.tasks import Task
+from facelab.bundle import Predictor
+from facelab.errors import DataError
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -29,27 +29,25 @@ def read_members(root: str | Path) -> tuple[list[Path], dict]:
     spec = read_json(root / ENSEMBLE_FILE)
     names = spec.get("members") or []
     if not names:
-        raise ValueError(f"{root / ENSEMBLE_FILE}: no 'members' listed")
+        raise DataError(f"{root / ENSEMBLE_FILE}: no 'members' listed")
     return [m if m.is_absolute() else (root / m if (root / m).exists() else Path(m)) for m in map(Path, names)], spec
 
 
-class EnsemblePredictor:
+class EnsemblePredictor(Predictor):
     """Several predictors of one task, answering as one: mean and spread per label."""
 
-    def __init__(self, members: Sequence[Any], root: Path, thresholds: Sequence[float] | None = None) -> None:
+    def __init__(self, members: Sequence[Predictor], root: Path, thresholds: Sequence[float] | None = None) -> None:
         if not members:
-            raise ValueError(f"{root}: an ensemble needs at least one member")
+            raise DataError(f"{root}: an ensemble needs at least one member")
         first = members[0]
         labels = [list(m.labels) for m in members]
         if any(lab != labels[0] for lab in labels):
-            raise ValueError(f"{root}: members predict different labels; they cannot be averaged")
+            raise DataError(f"{root}: members predict different labels; they cannot be averaged")
+        info = first.info.with_thresholds(thresholds) if thresholds else first.info
+        super().__init__(info, root)
         self.members = list(members)
         self.root = root
-        self.task: Task = first.task.with_thresholds(thresholds) if thresholds else first.task
-        self.labels = list(self.task.labels)
-        self.bundle = {**first.bundle, "task": self.task.to_dict()}
-        self.backend = f"ensemble of {len(members)} ({getattr(first, 'backend', 'torch')})"
-        self._pipeline: Any = None  # built on first predict_image, like TorchPredictor's
+        self.backend = f"ensemble of {len(members)} ({first.backend})"  # type: ignore[misc]
 
     def predict_crops_spread(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Crops -> (mean probabilities, standard deviation across members), both (N, L)."""
@@ -59,14 +57,9 @@ class EnsemblePredictor:
     def predict_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         return self.predict_crops_spread(crops)[0]
 
-    def predict_image(self, image: np.ndarray | str | Path) -> list[FacePrediction]:
-        from facelab.prepare import FacePipeline
-
-        if self._pipeline is None:
-            self._pipeline = FacePipeline(self.bundle.get("prepare"))
-        faces = self._pipeline.process_image(image)
-        mean, spread = self.predict_crops_spread([f.crop for f in faces])
-        return [FacePrediction(f.face, p, f.crop, s) for f, p, s in zip(faces, mean, spread)]
+    def classify_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str | None], list[Any]]:
+        mean, spread = self.predict_crops_spread(crops)
+        return mean, [None] * len(crops), list(spread)
 
 
 def load_ensemble(root: str | Path, load_member: Callable[[Path], Any]) -> EnsemblePredictor:

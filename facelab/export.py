@@ -28,15 +28,15 @@ import numpy as np
 
 from facelab._deps import require
 from facelab._io import read_json, write_bytes, write_json
-from facelab.bundle import TorchPredictor, read_bundle, resize_crops
-from facelab.tasks import Task
+from facelab.bundle import Bundle, Predictor, TorchPredictor, read_bundle
+from facelab.errors import ConfigError, DataError, NotFound
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 META_KEY = "facelab_bundle"
 #: Bump when the exported graph's layout changes (invalidates on-the-fly export caches).
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: preprocessing is the InputSpec module ((x / 255 - mean) / std)
 FORMATS = ("onnx",)
 
 
@@ -58,25 +58,22 @@ def weights_digest(bundle_dir: Path, bundle: dict) -> str:
 # --------------------------------------------------------------------------- the graph
 
 def _export_module(predictor: Any) -> "Any":
-    """uint8 NHWC crops -> probabilities, as one torch module (preprocessing + net + activate)."""
+    """uint8 NHWC crops -> probabilities, as one torch module: the bundle's InputSpec as the
+    first layer (the same preprocessing as training and every predictor), the net, activate."""
     import torch
 
     net = _exportable(_torch_net(predictor))
-    bundle = predictor.bundle
-    mean = torch.tensor(bundle["input"]["mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(bundle["input"]["std"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    preprocess = predictor.spec.module()
     task = predictor.task
 
     class Exported(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            self.preprocess = preprocess
             self.net = net
-            self.register_buffer("mean", mean)
-            self.register_buffer("std", std)
 
         def forward(self, crops: torch.Tensor) -> torch.Tensor:
-            x = (crops.permute(0, 3, 1, 2).float() - self.mean) / self.std
-            return task.activate(self.net(x))
+            return task.activate(self.net(self.preprocess(crops)))
 
     return Exported().eval().cpu()
 
@@ -121,7 +118,7 @@ def _torch_net(predictor: Any) -> "Any":
         net = getattr(predictor, attr, None)
         if isinstance(net, torch.nn.Module):
             return net
-    raise ValueError(f"cannot export backend {predictor.bundle['model'].get('backend')!r}: the "
+    raise ConfigError(f"cannot export backend {predictor.info.model.backend!r}: the "
                      f"predictor has no PyTorch module")
 
 
@@ -163,7 +160,7 @@ def read_metadata(path: str | Path) -> dict:
     model = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     if META_KEY not in props:
-        raise ValueError(f"{path}: not a facelab export (no {META_KEY!r} metadata); export it with "
+        raise DataError(f"{path}: not a facelab export (no {META_KEY!r} metadata); export it with "
                          f"`facelab export RUN`")
     return json.loads(props[META_KEY])
 
@@ -173,7 +170,7 @@ def read_metadata(path: str | Path) -> dict:
 def parity_inputs(predictor: Any, n: int = 4, seed: int = 0) -> np.ndarray:
     """Smooth random RGB crops at the model's input size to compare backends on (the tests also
     compare the backends on real face crops)."""
-    size = int(predictor.bundle["input"]["size"])
+    size = predictor.spec.size
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (n, 8, 8, 3)).astype(np.float32)
     import cv2
@@ -235,7 +232,7 @@ def export(run: str | Path, out: str | Path | None = None, format: str = "onnx",
         tolerance: max allowed absolute difference of the probabilities vs PyTorch.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
     t0 = time.perf_counter()
     bdir, bundle = read_bundle(run)
     backend = bundle["model"].get("backend", "torch")
@@ -243,10 +240,8 @@ def export(run: str | Path, out: str | Path | None = None, format: str = "onnx",
     if backend == "face-embed":
         return _export_face_embed(bdir, target, t0)
     if backend != "torch":
-        raise ValueError(f"{bdir}: the model is already a {backend!r} export; export its source run")
-    from facelab.bundle import load
-
-    predictor = load(bdir)
+        raise ConfigError(f"{bdir}: the model is already a {backend!r} export; export its source run")
+    predictor = TorchPredictor.from_bundle(bdir, bundle, device="cpu")
     data, diff = export_bytes(predictor, bdir, opset, tolerance)
     write_bytes(target, data)
     _fill_cache(weights_digest(bdir, bundle), data)
@@ -280,7 +275,7 @@ def export_bytes(predictor: Any, bdir: Path, opset: int = 17, tolerance: float =
     """The ONNX model (with metadata) of a torch predictor and its parity max abs diff."""
     ort = require("onnxruntime", "onnxruntime", "running ONNX models")
     module = _export_module(predictor)
-    size = int(predictor.bundle["input"]["size"])
+    size = predictor.spec.size
     raw = _onnx_bytes(module, size, opset)
     digest = weights_digest(bdir, predictor.bundle)
     data = _with_metadata(raw, {META_KEY: onnx_bundle(predictor.bundle, digest),
@@ -288,7 +283,7 @@ def export_bytes(predictor: Any, bdir: Path, opset: int = 17, tolerance: float =
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     diff = max_abs_diff(module, session, parity_inputs(predictor))
     if not diff <= tolerance:
-        raise ValueError(f"{bdir}: ONNX Runtime differs from PyTorch by {diff:.2e} (> {tolerance:.0e}); "
+        raise ConfigError(f"{bdir}: ONNX Runtime differs from PyTorch by {diff:.2e} (> {tolerance:.0e}); "
                          f"not exporting. Try another --opset, or predict with --backend torch")
     return data, diff
 
@@ -299,7 +294,7 @@ def _export_face_embed(bdir: Path, target: Path, t0: float) -> ExportReport:
 
     hook = getattr(people, "export_onnx", None)
     if hook is None:
-        raise ValueError(f"{bdir}: export is not supported for face-embed runs")
+        raise ConfigError(f"{bdir}: export is not supported for face-embed runs")
     path = Path(hook(bdir, target))
     return ExportReport(str(path), "", float("nan"), 0.0, 17, path.stat().st_size, time.perf_counter() - t0,
                         "face-embed", note="face-embed: the ONNX file holds the identity head only (input: "
@@ -327,20 +322,14 @@ def _providers(ort: Any) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have] or have
 
 
-class OnnxPredictor:
-    """Same interface as the PyTorch predictor (``task``, ``labels``, ``bundle``,
-    ``predict_crops``, ``predict_image``), run by ONNX Runtime."""
+class OnnxPredictor(Predictor):
+    """The ``onnx`` backend: the exported graph (preprocessing included) run by ONNX Runtime."""
 
     backend = "onnx"
 
-    def __init__(self, session: Any, bundle: dict, bundle_dir: Path | None = None) -> None:
+    def __init__(self, session: Any, bundle: Bundle | dict, bundle_dir: Path | None = None) -> None:
+        super().__init__(bundle, bundle_dir)
         self.session = session
-        self.bundle = bundle
-        self.bundle_dir = bundle_dir
-        self.task = Task.from_dict(bundle["task"])
-        self.labels = list(self.task.labels)
-        self.size = int(bundle["input"]["size"])
-        self._pipeline = None
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, bundle_dict: dict | None = None, threads: int = 0) -> "OnnxPredictor":
@@ -349,7 +338,7 @@ class OnnxPredictor:
         bundle = bundle_dict if bundle_dict is not None else read_json(bundle_dir / "bundle.json")
         path = bundle_dir / bundle["model"].get("file", ONNX_FILE)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: ONNX file missing; run `facelab export` again")
+            raise NotFound(f"{path}: ONNX file missing; run `facelab export` again")
         return cls(_session(str(path), threads), bundle, bundle_dir)
 
     @classmethod
@@ -359,38 +348,32 @@ class OnnxPredictor:
         return cls(_session(str(path), threads), read_metadata(path), path.parent)
 
     def predict_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Aligned RGB uint8 crops -> probabilities float32 (N, len(labels))."""
         if len(crops) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        batch = resize_crops(crops, self.size)
-        return np.asarray(self.session.run(None, {"crops": batch})[0], dtype=np.float32)
-
-    # A photo -> one FacePrediction per face through the bundle's face preparation: the
-    # same code as the PyTorch backend (it only needs bundle, _pipeline and predict_crops).
-    predict_image = TorchPredictor.predict_image
+        return np.asarray(self.session.run(None, {"crops": self.spec.batch(crops)})[0], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- auto backend
 
-def cached_export(bdir: Path, bundle: dict) -> Path | None:
-    """A fresh ONNX export of the run: ``bundle/model.onnx`` when its digest matches the
-    weights, else one exported on the fly into the cache (``$FACELAB_CACHE/onnx``); None when
-    the export fails (the caller falls back to PyTorch)."""
-    digest = weights_digest(bdir, bundle)
-    own = bdir / ONNX_FILE
+def cached_export(info: Bundle, create: bool = False) -> Path | None:
+    """An ONNX export matching the run's weights: ``bundle/model.onnx`` (``facelab export``),
+    else one in the cache (``$FACELAB_CACHE/onnx``); with ``create`` (the caller asked for
+    ONNX) one is exported into the cache now. None when there is none (or the export fails)."""
+    assert info.dir is not None
+    bundle = info.to_dict()
+    digest = weights_digest(info.dir, bundle)
+    own = info.dir / ONNX_FILE
     if own.is_file() and export_digest(own) == digest:
         return own
     cached = cache_path(digest)
-    if cached.is_file():
-        return cached
+    if cached.is_file() or not create:
+        return cached if cached.is_file() else None
     try:
-        from facelab.bundle import load
-
-        data, diff = export_bytes(load(bdir), bdir)
-    except Exception as exc:  # noqa: BLE001 - any failure means: use PyTorch
-        log.warning("%s: on-the-fly ONNX export failed (%s); using PyTorch", bdir, str(exc).splitlines()[0][:300])
+        data, diff = export_bytes(TorchPredictor.from_bundle(info.dir, bundle, device="cpu"), info.dir)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller as "could not export"
+        log.warning("%s: ONNX export failed (%s)", info.dir, str(exc).splitlines()[0][:300])
         return None
-    log.info("%s: exported to ONNX on the fly (parity %.1e) -> %s", bdir, diff, cached)
+    log.info("%s: exported to ONNX (parity %.1e) -> %s", info.dir, diff, cached)
     return write_bytes(cached, data)
 
 

@@ -1,7 +1,7 @@
 """Photos in, every face with its probabilities out: the library side of ``facelab predict``.
 
-A run's model is loaded with :func:`load_predictor`: ONNX Runtime when an export exists
-(or can be made on the fly, cached in ``$FACELAB_CACHE/onnx``), PyTorch otherwise. Faces
+A run's model is loaded with :func:`load_predictor`: ONNX Runtime when an up-to-date export
+exists (``facelab export``; nothing is exported as a side effect), PyTorch otherwise. Faces
 are found and cropped with the bundle's own :class:`~facelab.prepare.FacePipeline`, so new
 photos are prepared exactly like the training photos. Photos without a face, and files
 that are not readable images, are listed with a reason rather than dropped.
@@ -13,13 +13,24 @@ import glob
 import io
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from facelab._progress import progress as progress_bar
+from facelab.backends import backend_of, load
+from facelab.bundle import FacePrediction, Predictor, bundle_dir_of, face_dict, prediction_dict
+from facelab.bundle import face_pipeline as bundle_face_pipeline
+from facelab.detect import Face
+from facelab.ensemble import is_ensemble
+from facelab.images import ImageError, read_bytes, read_image, upright_size
+from facelab.prepare import CropCache, FacePipeline, PrepareConfig, PreparedFace
 from facelab.tasks import Task
+
+__all__ = ["FacePrediction", "PhotoResult", "PredictReport", "expand_paths", "face_dict", "load_predictor", "predict",
+           "prediction_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -31,83 +42,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".ti
 
 def model_name(run: str | Path) -> str:
     """A short name for a run: its folder name (``runs/smile`` -> ``smile``)."""
-    from facelab.bundle import bundle_dir_of
-    from facelab.ensemble import is_ensemble
-
     if is_ensemble(run):
         return Path(run).name
     bdir = bundle_dir_of(run)
     return bdir.parent.name if bdir.name == "bundle" else bdir.name
 
 
-def load_predictor(run: str | Path, backend: str = "auto", threads: int = 0) -> Any:
-    """The run's predictor. ``auto``: ONNX Runtime when the run is a PyTorch run that
-    exports cleanly, else PyTorch; ``onnx``/``torch`` force one (``onnx`` fails loudly).
-    face-embed and ONNX-bundle runs always use their own backend."""
-    from facelab.bundle import read_bundle
-    from facelab.ensemble import is_ensemble, load_ensemble
-    from facelab.export import OnnxPredictor, cached_export
-
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    if is_ensemble(run):
-        return load_ensemble(run, lambda member: load_predictor(member, backend, threads))
-    bdir, bundle = read_bundle(run)
-    kind = bundle["model"].get("backend", "torch")
-    if kind == "onnx":
-        return OnnxPredictor.from_bundle(bdir, bundle, threads)
-    if kind == "torch" and backend != "torch":
-        path = cached_export(bdir, bundle)
-        if path is not None:
-            return OnnxPredictor.from_file(path, threads)
-        if backend == "onnx":
-            raise ValueError(f"{bdir}: could not export to ONNX (see the log); use --backend torch")
-    from facelab.bundle import load
-
-    return load(bdir)
+def load_predictor(run: str | Path, backend: str = "auto", threads: int = 0) -> Predictor:
+    """The run's predictor (:func:`facelab.backends.load`); ``threads`` sizes ONNX Runtime's
+    pool when ONNX Runtime runs it."""
+    return load(run, backend, **({"threads": threads} if threads else {}))
 
 
-def backend_of(predictor: Any) -> str:
-    return str(getattr(predictor, "backend", None) or predictor.bundle["model"].get("backend", "torch"))
-
-
-_PIPELINES: dict[str, Any] = {}
-
-
-def face_pipeline(bundle: dict, all_faces: bool = False) -> Any:
-    """The bundle's face preparation (shared per config), exactly as training used it.
-
-    ``all_faces`` keeps every face of a photo even when the run was prepared with
-    ``multi_face="largest"``; the detector then skips its fast low-resolution first pass,
-    so landmarks (and crops) can differ slightly from the ones training saw."""
-    from facelab.prepare import FacePipeline, PrepareConfig
-
-    config = PrepareConfig.from_dict(bundle.get("prepare"))
-    if all_faces and config.multi_face != "all":
-        config = replace(config, multi_face="all")
-    key = config.digest()
-    if key not in _PIPELINES:
-        _PIPELINES[key] = FacePipeline(config)
-    return _PIPELINES[key]
+def face_pipeline(bundle: dict, all_faces: bool = False) -> FacePipeline:
+    """The face preparation of a ``bundle.json`` dict (:func:`facelab.bundle.face_pipeline`)."""
+    return bundle_face_pipeline(bundle.get("prepare"), all_faces)
 
 
 # --------------------------------------------------------------------------- results
 
-@dataclass
-class FaceResult:
-    """One face: where it is and what the model says."""
-
-    face: Any
-    """:class:`facelab.detect.Face` in original-photo coordinates."""
-    probs: np.ndarray
-    """float32 (len(labels),) probabilities."""
-    identity: str | None = None
-    """Open-set decision of an identity model (a known name or ``unknown``), else None."""
-    spread: np.ndarray | None = None
-    """Ensembles: standard deviation of the members' probabilities per label."""
-
-    def to_dict(self, task: Task) -> dict[str, Any]:
-        return {**face_dict(self.face), "prediction": prediction_dict(task, self.probs, self.identity, self.spread)}
+FaceResult = FacePrediction  # the name predict's results have always had
 
 
 @dataclass
@@ -123,59 +77,14 @@ class PhotoResult:
     height: int = 0
 
 
-def face_dict(face: Any) -> dict[str, Any]:
-    """A detected face as JSON: box, five landmarks (pixels, 0.1 px) and the detector score."""
-    return {"box": [round(float(v), 1) for v in face.box],
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in np.asarray(face.landmarks)],
-            "score": round(float(face.score), 4)}
+def predict_rgb(predictor: Predictor, rgb: np.ndarray, all_faces: bool = False) -> list[FacePrediction]:
+    """One RGB photo -> a :class:`FacePrediction` per face (:meth:`Predictor.predict_image`)."""
+    return predictor.predict_image(rgb, all_faces)
 
 
-def prediction_dict(task: Task, probs: np.ndarray, identity: str | None = None,
-                    spread: np.ndarray | None = None) -> dict[str, Any]:
-    """Probabilities -> ``{"probs": {label: p}, "decision": ..., "top": label}`` (JSON-ready;
-    ensembles add ``"spread": {label: std across members}``).
-
-    ``decision`` is the predicted label (binary, multiclass) or the list of present
-    attributes (multilabel), using the bundle's thresholds; for an identity model it is
-    the open-set ``identity`` (a known name or ``unknown``) when given.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    decided = task.decide(probs[None])[0]
-    if identity is not None:
-        decision: Any = identity
-    elif task.kind == "multilabel":
-        decision = [lab for lab, d in zip(task.labels, decided) if d]
-    else:
-        decision = task.labels[int(decided)]
-    out = {"probs": {lab: round(float(p), 5) for lab, p in zip(task.labels, probs)},
-           "decision": decision, "top": task.labels[int(probs.argmax())]}
-    if spread is not None:
-        out["spread"] = {lab: round(float(s), 5) for lab, s in zip(task.labels, spread)}
-    return out
-
-
-def predict_rgb(predictor: Any, rgb: np.ndarray, all_faces: bool = False) -> list[FaceResult]:
-    """One RGB photo -> a :class:`FaceResult` per face (largest first)."""
-    prepared = face_pipeline(predictor.bundle, all_faces).process(rgb)
-    if not prepared:
-        return []
-    probs, names, spreads = classify_crops(predictor, [p.crop for p in prepared])
-    return [FaceResult(p.face, pr, n, s) for p, pr, n, s in zip(prepared, probs, names, spreads)]
-
-
-def classify_crops(predictor: Any, crops: list[np.ndarray]) -> tuple[np.ndarray, list[str | None], list[Any]]:
-    """Crops -> (probabilities (N, L), open-set identity per crop or None, ensemble spread
-    per crop or None).
-
-    Identity models (``decide_crops``) say ``unknown`` beyond their calibrated threshold,
-    from the same embedding pass; ensembles give the members' standard deviation."""
-    if hasattr(predictor, "decide_crops"):
-        probs, names = predictor.decide_crops(crops)
-        return probs, list(names), [None] * len(crops)
-    if hasattr(predictor, "predict_crops_spread"):
-        probs, spread = predictor.predict_crops_spread(crops)
-        return probs, [None] * len(crops), list(spread)
-    return predictor.predict_crops(crops), [None] * len(crops), [None] * len(crops)
+def classify_crops(predictor: Predictor, crops: list[np.ndarray]) -> tuple[np.ndarray, list[str | None], list[Any]]:
+    """Crops -> (probabilities, open-set name or None, ensemble spread or None) per crop."""
+    return predictor.classify_crops(crops)
 
 
 # --------------------------------------------------------------------------- many photos
@@ -336,8 +245,6 @@ def predict(run: str | Path, inputs: Sequence[str | Path] | str | Path, backend:
         batch_photos: photos whose faces go through the model in one call.
         progress: show a progress bar.
     """
-    from facelab._progress import progress as progress_bar
-
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     paths = expand_paths(inputs)
@@ -353,10 +260,8 @@ def predict(run: str | Path, inputs: Sequence[str | Path] | str | Path, backend:
 
 def _predict_chunk(predictor: Any, paths: Iterable[Path], all_faces: bool) -> list[PhotoResult]:
     """Find the faces photo by photo, then run the model once on all crops of the chunk."""
-    from facelab.images import ImageError
-
-    pipeline = face_pipeline(predictor.bundle, all_faces)
-    cache = _crop_cache(pipeline.config)
+    pipeline = predictor.pipeline(all_faces)
+    cache = CropCache(None, pipeline.config)
     results, prepared = [], []
     for path in paths:
         result = PhotoResult(str(path))
@@ -371,16 +276,14 @@ def _predict_chunk(predictor: Any, paths: Iterable[Path], all_faces: bool) -> li
         results.append(result)
         prepared.append(faces)
     crops = [f.crop for faces in prepared for f in faces]
-    probs, names, spreads = classify_crops(predictor, crops) if crops else ([], [], [])
+    probs, names, spreads = predictor.classify_crops(crops) if crops else ([], [], [])
     rows = iter(zip(probs, names, spreads))
     for result, faces in zip(results, prepared):
-        result.faces = [FaceResult(f.face, *next(rows)) for f in faces]
+        result.faces = [FacePrediction(f.face, p, identity=n, spread=s) for f, (p, n, s) in zip(faces, rows)]
     return results
 
 
-def _crop_cache(config: Any) -> Any:
-    from facelab.prepare import CropCache
-
+def _crop_cache(config: PrepareConfig) -> CropCache:
     return CropCache(None, config)
 
 
@@ -395,10 +298,6 @@ def _photo_faces(pipeline: Any, cache: Any, path: Path) -> tuple[list, tuple[int
     predict only reads the cache, it never adds to it.
     """
     import hashlib
-
-    from facelab.detect import Face
-    from facelab.images import ImageError, read_bytes, read_image, upright_size
-    from facelab.prepare import PreparedFace
 
     data = read_bytes(path)
     size = upright_size(data)

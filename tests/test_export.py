@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import facelab
 from facelab.export import export
-from facelab.bundle import read_bundle
+from facelab.bundle import Bundle, read_bundle
 from facelab.images import read_image
 
 
@@ -68,7 +68,7 @@ def test_cli_export_into_run_is_used_by_predict(binary_run: Path, celeba_mini: P
     assert "max abs diff" in result.output and "OK" in result.output
     bdir, bundle = read_bundle(run)
     assert (bdir / "model.onnx").is_file()
-    assert cached_export(bdir, bundle) == bdir / "model.onnx"  # fresh: predict/serve use it
+    assert cached_export(Bundle.read(run)) == bdir / "model.onnx"  # fresh: predict/serve use it
 
     predictor = load_predictor(run)
     assert backend_of(predictor) == "onnx"
@@ -80,6 +80,26 @@ def test_cli_export_into_run_is_used_by_predict(binary_run: Path, celeba_mini: P
     bundle["task"]["thresholds"] = [0.3]
     assert export_digest(bdir / "model.onnx") == weights_digest(bdir, read_bundle(run)[1])
     assert export_digest(bdir / "model.onnx") != weights_digest(bdir, bundle)
+
+
+def test_onnx_is_exported_only_when_asked(binary_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend "auto" uses an up-to-date export when there is one and PyTorch otherwise; it
+    never exports as a side effect. Asking for "onnx" exports into the cache."""
+    from facelab import load
+    from facelab.predict import backend_of, load_predictor
+
+    monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
+    run = _copy_bundle(binary_run, tmp_path / "run")
+    assert backend_of(load_predictor(run)) == "torch"
+    assert backend_of(load(run, backend="auto", threads=1)) == "torch"  # ONNX-only options drop with the fallback
+    assert not list(tmp_path.rglob("*.onnx"))
+    onnx = load(run, backend="onnx", threads=1)
+    assert backend_of(onnx) == "onnx" and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert backend_of(load_predictor(run)) == "onnx"  # the export now exists: auto uses it
+    with pytest.raises(ValueError, match="threads"):
+        load(run, backend="torch", threads=1)
+    with pytest.raises(ValueError, match="valid: torch, onnx, auto"):
+        load(run, backend="tensorrt")
 
 
 def test_export_errors_are_clear(tmp_path: Path, celeba_run: Path) -> None:
