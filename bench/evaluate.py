@@ -81,7 +81,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from facelab.bundle import load
+    from facelab.backends import load
     from facelab.evaluate import evaluate
 
     run = _run(args)

@@ -68,7 +68,7 @@ def majority(y_train: np.ndarray, y_valid: np.ndarray, names: list[str]) -> dict
 
 
 def run_facelab(model: str, size: int, epochs: int, batch: int, out: Path, data: tuple) -> dict:
-    from facelab.bundle import load
+    from facelab.backends import load
     from facelab.images import read_image
     from facelab.train import train
 
