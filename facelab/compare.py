@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from facelab import templates
 from facelab._io import read_json, write_bytes, write_text
 from facelab.bundle import bundle_dir_of, read_bundle
 from facelab.errors import ConfigError
@@ -187,7 +188,6 @@ def plot_compare(rows: list[dict[str, Any]]) -> bytes:
 
 
 def _write_html(path: Path, rows: list[dict[str, Any]], png: bytes) -> Path:
-    from facelab._html import img_tag, table, write_page
-
-    body = table([[r.get(c) for c in COLUMNS] for r in rows], COLUMNS) + img_tag(png, "comparison")
-    return write_page(path, "facelab run comparison", [("Runs", body)])
+    """compare.html from templates/compare.html."""
+    return templates.write(path, "compare.html", title="facelab run comparison", png=png, columns=COLUMNS,
+                           rows=[[r.get(c) for c in COLUMNS] for r in rows])

@@ -82,7 +82,7 @@ def test_multilabel_report_numbers_plots_and_card(celeba_eval, celeba_mini: Path
 
 
 def test_thresholds_tuned_on_valid_are_saved_and_loaded(celeba_eval):
-    from facelab.bundle import load
+    from facelab.backends import load
 
     run, result = celeba_eval
     t = result.metrics["thresholds"]

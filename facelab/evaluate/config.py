@@ -2,7 +2,6 @@
 (:class:`EvalResult`); no computation here, so the CLI can build its options from it cheaply."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from facelab import metrics as M
 from facelab.data import SPLITS
 from facelab.errors import ConfigError
+from facelab.templates import fmt as _fmt
 
 DEFAULT_SUBGROUPS = ("Male", "Young")
 #: CelebA attributes whose labels are opinions of the annotators, not facts about the photo.
@@ -81,7 +81,3 @@ class EvalResult:
                  f"ECE {m['ece']:.3f}"]
         lines += [f"  WEAK {name}: {why}" for name, why in m.get("weak_labels", {}).items()]
         return "\n".join(lines)
-
-
-def _fmt(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

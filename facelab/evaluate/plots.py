@@ -11,7 +11,7 @@ import numpy as np
 from facelab import metrics as M
 from facelab.data import SampleTable
 from facelab.evaluate.analysis import ensemble_spread
-from facelab.evaluate.config import _fmt
+from facelab.templates import fmt as _fmt
 from facelab.tasks import Task
 
 log = logging.getLogger(__name__)
