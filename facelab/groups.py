@@ -103,7 +103,7 @@ def describe_groups(groups: np.ndarray, y: np.ndarray, names: Sequence[str]) -> 
     single = y.ndim == 1
     are_people = single and len(people) >= 2 and np.mean([s >= 0.7 for s in share.values()]) >= 0.8
     warnings = [] if are_people else _warnings(people, share, columns)
-    return GroupReport(people, {k: round(v, 3) for k, v in share.items()}, are_people, warnings)
+    return GroupReport(people, {k: round(v, 3) for k, v in share.items()}, bool(are_people), warnings)
 
 
 def _class_columns(y: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
