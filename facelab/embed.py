@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from facelab._deps import require
+from facelab.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,11 @@ def face_chip(crop: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarr
 def _as_rgb(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.dtype != np.uint8:
-        raise ValueError(f"face crops must be uint8 RGB arrays, got dtype {img.dtype}")
+        raise DataError(f"face crops must be uint8 RGB arrays, got dtype {img.dtype}")
     if img.ndim == 2:
         return np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"face crops must have shape (H, W, 3), got {img.shape}")
+        raise DataError(f"face crops must have shape (H, W, 3), got {img.shape}")
     return img[:, :, :3]
 
 

@@ -53,19 +53,19 @@ def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, target_far: f
         return Calibration(default, far, frr, len(g), len(imp), calibrated=False)
     values = np.unique(np.concatenate([g, imp]))
     cands = np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]])
-    far = np.searchsorted(imp, cands, side="right") / len(imp)
-    frr = 1.0 - np.searchsorted(g, cands, side="right") / len(g)
+    fars = np.searchsorted(imp, cands, side="right") / len(imp)
+    frrs = 1.0 - np.searchsorted(g, cands, side="right") / len(g)
     if target_far is None:
         # Fewest errors, then fewest false accepts; within that range (often a gap between
         # the two score clouds), its middle, so neither side is shaved to the bone.
-        err = far + frr
+        err = fars + frrs
         tied = np.flatnonzero(np.isclose(err, err.min()))
-        tied = tied[np.isclose(far[tied], far[tied].min())]
+        tied = tied[np.isclose(fars[tied], fars[tied].min())]
         best = int(tied[len(tied) // 2])
     else:
-        ok = np.flatnonzero(far <= target_far)
+        ok = np.flatnonzero(fars <= target_far)
         best = int(ok[-1]) if len(ok) else 0
-    return Calibration(float(cands[best]), float(far[best]), float(frr[best]), len(g), len(imp))
+    return Calibration(float(cands[best]), float(fars[best]), float(frrs[best]), len(g), len(imp))
 
 
 def open_set_scores(gallery: Gallery, rule: str = "centroid") -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +165,7 @@ def _save_calibration_plot(path: Path, genuine: np.ndarray, impostor: np.ndarray
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    bins = np.linspace(0, max(1.0, float(np.max(np.concatenate([genuine, impostor])))), 40)
+    bins = np.linspace(0, max(1.0, float(np.max(np.concatenate([genuine, impostor])))), 40).tolist()
     ax.hist(genuine, bins=bins, alpha=0.6, label=f"known people, held out ({len(genuine)})", density=True)
     ax.hist(impostor, bins=bins, alpha=0.6, label=f"people left out ({len(impostor)})", density=True)
     ax.axvline(cal.threshold, color="k", ls="--", label=f"threshold {cal.threshold:.3f}")

@@ -71,6 +71,8 @@ class IdentityModel:
         if len(emb) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         if self.head == "logreg":
+            if self.weight is None or self.bias is None:  # a bug: fit() and from_bundle() set both
+                raise RuntimeError("the logreg head has no weights")
             return _softmax(emb @ self.weight.T + self.bias)
         scores = knn_scores(emb, self.gallery, len(self.labels), self.knn_k)
         return _softmax(-np.where(np.isfinite(scores), scores, 1e3) / _KNN_TEMPERATURE)

@@ -33,7 +33,7 @@ def export_onnx(bundle_dir: str | Path, out_path: str | Path) -> Path:
         layer.bias.copy_(torch.from_numpy(bias))
     net = torch.nn.Sequential(layer, torch.nn.Softmax(dim=1)).eval()
     with atomic_path(out_path) as tmp:
-        torch.onnx.export(net, torch.zeros(1, weight.shape[1]), str(tmp), input_names=["embedding"],
+        torch.onnx.export(net, (torch.zeros(1, weight.shape[1]),), str(tmp), input_names=["embedding"],
                           output_names=["probs"], dynamic_axes={"embedding": {0: "n"}, "probs": {0: "n"}},
                           opset_version=17, dynamo=False)
     return Path(out_path)

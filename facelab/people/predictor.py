@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from facelab.people.config import BACKEND, UNKNOWN
 from facelab.people.gallery import Gallery
 from facelab.people.model import IdentityModel, _load_head
 from facelab.tasks import Task
+
+if TYPE_CHECKING:
+    from facelab.prepare import FacePipeline
 
 
 @dataclass
@@ -46,7 +49,7 @@ class EmbeddingPredictor:
         self.labels = list(self.task.labels)
         self.open_set = dict(bundle.get("open_set") or {})
         self.unknown_label = self.open_set.get("unknown_label", UNKNOWN)
-        self._pipeline = None
+        self._pipeline: FacePipeline | None = None
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, bundle_dict: dict | None = None) -> "EmbeddingPredictor":

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from facelab._io import write_json, write_text
+from facelab.bundle.spec import InputSpec
 from facelab.data import SampleTable
 from facelab.errors import DataError, RunExists
 from facelab.people.calibration import (
@@ -38,7 +39,7 @@ def _config_dict(config: Any) -> dict:
         return {}
     if hasattr(config, "to_dict"):
         return config.to_dict()
-    if is_dataclass(config):
+    if is_dataclass(config) and not isinstance(config, type):
         return asdict(config)
     return dict(config)
 
@@ -173,7 +174,8 @@ def _bundle_dict(model: IdentityModel, prep: dict, calibration: dict, pair: Cali
                   "kwargs": {"knn_k": cfg.knn_k, "C": cfg.C}, "embedding_dim": EMBEDDING_DIM,
                   "files": {"head": "weights.pt", "gallery": "gallery.npz"}, "weights": "weights.pt"},
         "task": Task("multiclass", tuple(model.labels)).to_dict(),
-        "input": {"size": prep["size"], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+        # No pixel normalisation of ours: the crops go to dlib, which cuts and normalises its own chip.
+        "input": {**InputSpec(prep["size"], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).to_dict(),
                   "note": "crops go to dlib's embedding, which normalises itself"},
         "prepare": prep,
         "open_set": {"unknown_label": UNKNOWN, "rule": cfg.unknown_score, "score": SCORE_TEXT[cfg.unknown_score],
