@@ -24,7 +24,7 @@ def _wild(celeba_wild: Path, n: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def celeba_predictor(celeba_run: Path):
-    from facelab.bundle import load
+    from facelab.backends import load
 
     return load(celeba_run)
 
@@ -77,7 +77,7 @@ def test_batch_grid_feature_maps_filters_and_offline_html(celeba_run: Path, cele
 
 
 def test_feature_maps_after_conv_activation_and_pool(celeba_predictor, orl_run: Path, celeba_wild: Path):
-    from facelab.bundle import load
+    from facelab.backends import load
 
     crop = explain_photo(celeba_predictor, _wild(celeba_wild, 1)[0], ExplainConfig(feature_maps=False)).crop
     maps = feature_maps(celeba_predictor, crop, blocks=2)
@@ -143,7 +143,7 @@ def smiling_vgg(celeba_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def face_photos(smiling_vgg: Path, celeba_wild: Path, celeba_mini: Path) -> list:
     """The 40 uncropped celeba-wild-mini photos and the 120 celeba-mini test photos, each with
     its detected face and aligned crop."""
-    from facelab.bundle import load
+    from facelab.backends import load
 
     return X.face_photos(load(smiling_vgg).bundle["prepare"], [*_wild(celeba_wild, 40), *_celeba_test_split(celeba_mini)])
 
@@ -186,7 +186,7 @@ def test_gradcam_maps_are_non_trivial_and_peak_inside_the_face_box(smiling_vgg: 
     random-weight control (~0.02). Seed 0 gives 0.86. Over training seeds 0-7 this small model
     gave 0.86, 0.76, 0.57, 0.63, 0.49, 0.82, 0.47, 0.82: where a weak model looks varies, so
     the bar is significance, not seed 0's value."""
-    from facelab.bundle import load
+    from facelab.backends import load
 
     predictor = load(smiling_vgg)
     assert len(face_photos) >= 150

@@ -1,0 +1,108 @@
+"""The PyTorch plumbing explain needs: the predictor's network, its input batch, every
+module's output from one hooked forward pass, and the default layer to explain at."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from facelab.explain.config import MIN_CAM_SIDE
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def torch_net(predictor: Any) -> "torch.nn.Module":
+    """The predictor's PyTorch module (a bundle with another backend cannot be explained)."""
+    import torch
+
+    for attr in ("model", "net", "module"):
+        net = getattr(predictor, attr, None)
+        if isinstance(net, torch.nn.Module):
+            return net
+    backend = predictor.bundle.get("model", {}).get("backend")
+    raise ValueError(f"explain needs a PyTorch model; this bundle's backend is {backend!r} "
+                     f"(explain the training run folder, not an ONNX export)")
+
+
+def to_tensor(predictor: Any, crops: Sequence[np.ndarray], net: "torch.nn.Module") -> "torch.Tensor":
+    """Crops -> the normalised input batch, exactly as the bundle prescribes (same resizing
+    as training and ``predict_crops``: :func:`facelab.bundle.resize_crops`)."""
+    import torch
+
+    from facelab.bundle import resize_crops
+
+    inp = predictor.bundle["input"]
+    x = resize_crops(crops, int(inp["size"])).astype(np.float32) / 255
+    x = (x - np.asarray(inp["mean"], np.float32)) / np.asarray(inp["std"], np.float32)
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first is not None and first.in_channels == 1 and t.shape[1] == 3:
+        t = t.mean(1, keepdim=True)
+    device = next(net.parameters()).device
+    return t.to(device)
+
+
+def leaf_outputs(net: "torch.nn.Module", x: "torch.Tensor") -> list[tuple[str, str, Any]]:
+    """(name, type, output) of every leaf module, in the order they ran."""
+    import torch
+
+    seen: list[tuple[str, str, Any]] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: seen.append((n, type(mod).__name__, o)))
+               for name, m in net.named_modules() if not list(m.children())]
+    inplace = disable_inplace(net)  # else ReLU(inplace=True) overwrites the conv output we keep
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m in inplace:
+            m.inplace = True
+    return seen
+
+
+def module_outputs(net: "torch.nn.Module", x: "torch.Tensor") -> list[tuple[str, Any]]:
+    """(name, output) of every module but the root, in the order they FINISHED: a residual
+    stage (e.g. ``blocks.4``) comes after its last leaf, with the skip connection added."""
+    import torch
+
+    seen: list[tuple[str, Any]] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: seen.append((n, o)))
+               for name, m in net.named_modules() if name]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def find_cam_layer(net: "torch.nn.Module", x: "torch.Tensor", min_side: int = MIN_CAM_SIDE) -> str:
+    """Name of the last module whose output is a spatial map at least ``min_side`` cells
+    across (else the last one of at least 2x2).
+
+    Why not simply the last spatial layer: at small inputs it is far too coarse for a face.
+    EfficientNet-Lite0 at 96 px ends in a 3x3 map; the mouth of an aligned face (70 % down
+    the crop) falls in the bottom row, whose centre (83 %) lies below the chin, so the peak
+    misses the face box: bench/evaluate.py, EfficientNet-Lite0 trained on 16k CelebA photos,
+    Grad-CAM for Smiling peaks inside the box on 7 % of uncropped photos at that 3x3 map
+    (chance: 22 %) and on 68 % at the last 6x6 one.
+    """
+    import torch
+
+    maps = [(n, min(o.shape[2:])) for n, o in module_outputs(net, x[:1])
+            if isinstance(o, torch.Tensor) and o.ndim == 4 and min(o.shape[2:]) >= 2]
+    if not maps:
+        raise ValueError("the model has no layer with a spatial output to explain")
+    fine = [n for n, side in maps if side >= min_side]
+    return fine[-1] if fine else maps[-1][0]
+
+
+def disable_inplace(net: "torch.nn.Module") -> list[Any]:
+    """In-place activations would overwrite the hooked activations; switch them off for now."""
+    changed = [m for m in net.modules() if getattr(m, "inplace", False) is True]
+    for m in changed:
+        m.inplace = False
+    return changed
