@@ -129,6 +129,20 @@ def test_multiclass_on_training_source_scores_only_held_out_rows(orl_run: Path, 
     assert (out / "MODEL_CARD.md").is_file()
 
 
+def test_old_run_without_split_json_recomputes_the_same_held_out_rows(orl_run: Path, orl_faces: Path,
+                                                                     tmp_path: Path):
+    run = _copy_run(orl_run, tmp_path)
+    cfg = json.loads((run / "config.json").read_text())
+    if Path(cfg["data"]).resolve() != orl_faces.resolve():
+        pytest.skip("the run was trained on another copy of the data")
+    held = json.loads((run / "split.json").read_text())["valid"]
+    (run / "split.json").unlink()  # as a run written before training saved its split
+    m = evaluate(run, orl_faces, out=tmp_path / "o", top_k=0, progress=False).metrics
+    assert m["source"]["split"] == "valid rows held out by training" and m["n"] == len(held)
+    scored = {r["crop"] for r in csv.DictReader((tmp_path / "o" / "predictions.csv").open())}
+    assert scored == set(held)
+
+
 def test_uncropped_photos_go_through_the_bundles_face_preparation(binary_run: Path, celeba_wild: Path,
                                                                   tmp_path: Path):
     result = evaluate(binary_run, celeba_wild / "img_celeba", out=tmp_path / "wild", save_thresholds=False,

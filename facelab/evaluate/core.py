@@ -16,6 +16,7 @@ from facelab.evaluate.analysis import context, ensemble_stats, subgroups
 from facelab.evaluate.config import MIN_TUNE_PEOPLE, MIN_TUNE_PHOTOS, EvalResult, EvaluateConfig
 from facelab.evaluate.report import write_outputs
 from facelab.evaluate.runs import bundle_json_path, load_predictors, prepared, predict_table, resolve_members, task_targets
+from facelab.splits import split_indices
 from facelab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ def _default_out(members: Sequence[Path], ensemble_dir: Path | None) -> Path:
 
 def _held_out_rows(table: SampleTable, task: Task, run: Path, data: str | Path) -> np.ndarray | None:
     """When ``data`` is the run's own training source and has no split: the rows training held
-    out for validation (recomputed with its seed), so the report never scores training photos."""
+    out for validation, so the report never scores training photos.
+
+    They are read from the run's ``split.json`` (written by training: the exact photos, by
+    path). Runs from before split.json recompute the split with :func:`facelab.splits.split_indices`
+    and the run's seed and validation fraction; evaluate never imports the training stage."""
     cfg_path = run / "config.json"
     if table.has_splits or not cfg_path.is_file():
         return None
@@ -98,8 +103,6 @@ def _held_out_rows(table: SampleTable, task: Task, run: Path, data: str | Path) 
         log.info("%s is the run's training data without a test split: evaluating the %d photos training "
                  "held out for validation (%s)", data, len(valid), saved.get("how"))
         return valid
-    from facelab.train import split_indices
-
     same = table.select_attributes(cfg["attrs"]) if table.kind == "attributes" and cfg.get("attrs") else table
     fraction = cfg.get("valid_fraction")
     _, valid, how = split_indices(same, task, float(fraction) if fraction is not None else None,
