@@ -1,4 +1,4 @@
-"""CLI commands of the serve stage (see facelab/serve/app.py)."""
+"""CLI commands of the serve stage (see facelab/serve/)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from facelab.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +72,7 @@ def serve_cmd(
                          max_header_bytes=max_header_kb * 1024, max_form_parts=max_form_parts,
                          max_part_header_bytes=max_part_header_bytes)
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     typer.echo(f"facelab serve: http://{host}:{port}/  (API docs: /docs"
                f"{', API key required' if config.api_key else ''})")
     serve(config, host=host, port=port, log_level=log_level, access_log=access_log, workers=workers)

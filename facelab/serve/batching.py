@@ -19,8 +19,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 
@@ -48,9 +46,9 @@ class _Job:
 
 
 class MicroBatcher:
-    """Batch ``fn(list_of_items) -> array (N, ...)`` calls across concurrent callers."""
+    """Batch ``fn(list_of_items) -> N rows`` (an array or a list) calls across concurrent callers."""
 
-    def __init__(self, fn: Callable[[list[Any]], np.ndarray], executor: Executor | None = None,
+    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], executor: Executor | None = None,
                  max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -78,7 +76,7 @@ class MicroBatcher:
                 pass
             self._task = None
 
-    async def submit(self, items: Sequence[Any]) -> np.ndarray:
+    async def submit(self, items: Sequence[Any]) -> Sequence[Any]:
         """Run ``fn`` on ``items`` as part of a batch; returns this caller's rows."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")

@@ -32,6 +32,7 @@ starts (``create_app`` does).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import time
 from collections import OrderedDict
@@ -270,21 +271,20 @@ class _GuardMixin:
 from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
 
-class GuardedH11(_GuardMixin, H11Protocol):  # type: ignore[misc]
+class GuardedH11(_GuardMixin, H11Protocol):
     """uvicorn's h11 protocol with the connection guard."""
-
-
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
-    HttpToolsProtocol = None
-
-
-if HttpToolsProtocol is not None:
-    class GuardedHttpTools(_GuardMixin, HttpToolsProtocol):  # type: ignore[misc]
-        """uvicorn's httptools protocol with the connection guard."""
 
 
 def protocol_class() -> type:
     """The guarded uvicorn HTTP protocol class (httptools when installed, else h11)."""
-    return GuardedHttpTools if HttpToolsProtocol is not None else GuardedH11
+    return _GUARDED_HTTPTOOLS or GuardedH11
+
+
+_GUARDED_HTTPTOOLS: type | None = None
+if importlib.util.find_spec("httptools") is not None:  # part of uvicorn[standard]
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpTools(_GuardMixin, HttpToolsProtocol):
+        """uvicorn's httptools protocol with the connection guard."""
+
+    _GUARDED_HTTPTOOLS = GuardedHttpTools
