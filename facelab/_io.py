@@ -1,4 +1,4 @@
-"""Atomic file writes and hashing: a crash never leaves a half-written output behind."""
+"""Atomic file writes, hashing, and OS errors in words: a crash never leaves a half-written output behind."""
 from __future__ import annotations
 
 import contextlib
@@ -58,17 +58,27 @@ def disk_full_as_error(path: str | os.PathLike[str]) -> Iterator[None]:
         raise
 
 
-def os_reason(exc: OSError) -> str:
-    """Why a file could not be read, in words (for a report row)."""
+def os_reason(exc: OSError, explain_loops: bool = True) -> str:
+    """Why a file could not be read, in a few words (a report row, an ImageError's reason):
+    the one mapping from OS errors to reasons (prepare, inspect, ``images.read_bytes``).
+
+    ``explain_loops=False`` keeps the system's own words for a symbolic link loop ("cannot
+    be read (Too many levels of symbolic links)"): predict's table has shown those since
+    issue 13 and tests/test_predict_paths.py pins them."""
     if isinstance(exc, FileNotFoundError):
         return "file not found"
     if isinstance(exc, IsADirectoryError):
         return "is a folder, not an image file"
     if isinstance(exc, PermissionError):
         return "permission denied"
-    if exc.errno == errno.ELOOP:
+    if exc.errno == errno.ELOOP and explain_loops:
         return "symbolic link loop (the link leads back to itself)"
     return f"cannot be read ({exc.strerror or exc})"
+
+
+def os_hint(exc: OSError) -> str:
+    """What to do about :func:`os_reason`'s cause, where there is a simple answer ("" if not)."""
+    return "check the file's read permission" if isinstance(exc, PermissionError) else ""
 
 
 def fit_name(stem: str, suffix: str, limit: int = NAME_MAX) -> str:

@@ -14,6 +14,7 @@ from typing import Literal, overload
 
 import numpy as np
 
+from facelab._io import os_hint, os_reason, write_bytes
 from facelab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -84,18 +85,12 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """A photo file's bytes, or an :class:`ImageError` that says why they cannot be read."""
-    path = Path(path)
+    """A photo file's bytes, or an :class:`ImageError` that says why they cannot be read
+    (:func:`facelab._io.os_reason`, with the system's words for a link loop)."""
     try:
-        return path.read_bytes()
-    except IsADirectoryError:
-        raise ImageError(path, "is a folder, not an image file") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied", "check the file's read permission") from None
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
+        return Path(path).read_bytes()
     except OSError as exc:
-        raise ImageError(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise ImageError(path, os_reason(exc, explain_loops=False), os_hint(exc)) from None
 
 
 @overload
@@ -194,8 +189,6 @@ def to_bgr(rgb: np.ndarray) -> np.ndarray:
 def write_image(path: str | Path, rgb: np.ndarray, quality: int = 95) -> Path:
     """Write an RGB uint8 array atomically; the format follows the extension."""
     from PIL import Image
-
-    from facelab._io import write_bytes
 
     path = Path(path)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}.get(
