@@ -13,7 +13,9 @@ model whose max absolute difference is above ``tolerance`` (1e-4 in float32).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -22,7 +24,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -62,7 +64,7 @@ def _export_module(predictor: Any) -> "Any":
     first layer (the same preprocessing as training and every predictor), the net, activate."""
     import torch
 
-    net = _exportable(_torch_net(predictor))
+    net = _torch_net(predictor)
     preprocess = predictor.spec.module()
     task = predictor.task
 
@@ -78,37 +80,38 @@ def _export_module(predictor: Any) -> "Any":
     return Exported().eval().cpu()
 
 
-def _exportable(net: Any) -> Any:
-    """A copy of ``net`` whose adaptive average pools are written as fixed slices and means:
-    the ONNX exporter refuses ``AdaptiveAvgPool2d`` when the output size does not divide the
-    input size (LeNet-5's 13x13 -> 5x5 at 64 px), and the result is numerically the same."""
+def _sliced_adaptive_avg_pool(x: Any, output_size: Any, exact: Any) -> Any:
+    """``adaptive_avg_pool2d`` written as fixed slices and means. The ONNX exporter refuses
+    the real one when the output size does not divide the input size (LeNet-5's 13x13 -> 5x5
+    at 64 px; timm's VGG head upsampling a 5x5 map to 7x7 below 224 px); the result is the
+    same numbers. ``exact`` is the real function, used where the sizes divide."""
     import torch
 
-    class SlicedAdaptiveAvgPool(torch.nn.Module):
-        def __init__(self, size: Any) -> None:
-            super().__init__()
-            self.size = (size, size) if isinstance(size, int) else tuple(size)
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    oh, ow = (int(s) if s is not None else d for s, d in zip(size, (h, w)))
+    if h % oh == 0 and w % ow == 0:
+        return exact(x, (oh, ow))
+    rows = []
+    for i in range(oh):
+        r0, r1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+        cols = [x[..., r0:r1, (j * w) // ow:-((-(j + 1) * w) // ow)].mean(dim=(-2, -1)) for j in range(ow)]
+        rows.append(torch.stack(cols, dim=-1))
+    return torch.stack(rows, dim=-2)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h, w = int(x.shape[-2]), int(x.shape[-1])
-            oh, ow = (s if s is not None else d for s, d in zip(self.size, (h, w)))
-            if h % oh == 0 and w % ow == 0:
-                return torch.nn.functional.adaptive_avg_pool2d(x, (oh, ow))
-            rows = []
-            for i in range(oh):
-                r0, r1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-                cols = [x[..., r0:r1, (j * w) // ow:-((-(j + 1) * w) // ow)].mean(dim=(-2, -1)) for j in range(ow)]
-                rows.append(torch.stack(cols, dim=-1))
-            return torch.stack(rows, dim=-2)
 
-    if not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in net.modules()):
-        return net
-    net = copy.deepcopy(net)
-    for parent in list(net.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, torch.nn.AdaptiveAvgPool2d):
-                setattr(parent, name, SlicedAdaptiveAvgPool(child.output_size))
-    return net
+@contextlib.contextmanager
+def _exportable_pools() -> Iterator[None]:
+    """While exporting, every adaptive average pool (module or functional call) is traced as
+    :func:`_sliced_adaptive_avg_pool`."""
+    import torch.nn.functional as F  # noqa: N812
+
+    exact = F.adaptive_avg_pool2d
+    F.adaptive_avg_pool2d = functools.partial(_sliced_adaptive_avg_pool, exact=exact)
+    try:
+        yield
+    finally:
+        F.adaptive_avg_pool2d = exact
 
 
 def _torch_net(predictor: Any) -> "Any":
@@ -127,7 +130,7 @@ def _onnx_bytes(module: Any, size: int, opset: int) -> bytes:
 
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _exportable_pools():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(module, (example,), buf, input_names=["crops"], output_names=["probs"],
                           dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}}, opset_version=opset,
