@@ -86,9 +86,9 @@ def embed_accuracy(s: dict, train: np.ndarray, test: np.ndarray, head: str) -> f
 
 def cnn_accuracy(s: dict, train: np.ndarray, test: np.ndarray, model: str, epochs: int, work: Path) -> dict:
     """Train ``model`` with facelab.train on the same crops; accuracy on the test rows."""
-    from facelab import train as train_api
+    from facelab.train import train as train_api
     from facelab._io import write_json
-    from facelab.bundle import load
+    from facelab.backends import load
     from facelab.data import PREPARED_MANIFEST
     from facelab.images import read_image
     from facelab.embed import identity_prepare
@@ -123,9 +123,9 @@ def two_person(s: dict, k: int, seed: int) -> dict:
         if len(np.unique(s["labels"][train])) < 2:  # one of them has no photo left to test
             continue
         accs.append(embed_accuracy(s, train, test, "logreg"))
-    accs = np.array(accs)
-    return {"pairs": len(accs), "k": k, "mean_acc": float(accs.mean()), "worst_pair_acc": float(accs.min()),
-            "pairs_below_100": int((accs < 1).sum())}
+    acc = np.array(accs)
+    return {"pairs": len(acc), "k": k, "mean_acc": float(acc.mean()), "worst_pair_acc": float(acc.min()),
+            "pairs_below_100": int((acc < 1).sum())}
 
 
 def unknown_rates(s: dict, n_known: int, k: int, seed: int, target_far: float | None = None,

@@ -10,6 +10,7 @@ import pytest
 
 from facelab import people
 from facelab.data import load_source
+from facelab.errors import ConfigError, DataError, NotFound, RunExists
 
 KNOWN = [f"s{i}" for i in range(1, 7)]        # 6 known people, photos 1-8 (9, 10 unseen)
 STRANGERS = [f"s{i}" for i in range(31, 37)]  # never in training
@@ -209,12 +210,21 @@ def test_enroll_refuses_photos_without_faces(orl_run: Path, tmp_path: Path) -> N
     from facelab.images import write_image
 
     write_image(blank, np.full((120, 100, 3), 128, np.uint8))
-    with pytest.raises(ValueError, match="no face found"):
+    with pytest.raises(DataError, match="no face found"):
         people.enroll(run, "nobody", [blank])
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ConfigError, match="unknown"):
         people.enroll(run, "unknown", [blank])
-    with pytest.raises(FileNotFoundError, match="bundle.json"):
+    with pytest.raises(NotFound, match="bundle.json"):
         people.enroll(tmp_path / "missing", "x", [blank])
+
+
+def test_user_errors_are_facelab_errors(orl_run: Path, orl_faces: Path) -> None:
+    """An existing run, a bad option: the train stage's kinds (still the built-ins callers caught)."""
+    with pytest.raises(RunExists, match="--overwrite"):
+        people.train_face_embed(load_source(orl_faces), people.FaceEmbedConfig(), orl_run, progress=False)
+    with pytest.raises(ConfigError, match="valid: logreg, knn"):
+        people.FaceEmbedConfig(head="svm")
+    assert issubclass(RunExists, FileExistsError) and issubclass(ConfigError, ValueError)
 
 
 def test_verify_same_and_different(orl_faces: Path, orl_run: Path) -> None:
@@ -317,7 +327,7 @@ def test_embedding_cache(orl_faces: Path, tmp_path: Path) -> None:
 
 def test_predict_and_serve_say_unknown_for_strangers(orl_run: Path, orl_faces: Path) -> None:
     """The open-set decision reaches `facelab predict` and the service's batched model call."""
-    from facelab.bundle import load
+    from facelab.backends import load
     from facelab.images import read_image
     from facelab.predict import face_pipeline, predict
     from facelab.serve.app import _batch_fn
