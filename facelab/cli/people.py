@@ -1,4 +1,4 @@
-"""CLI commands of the people stage (see facelab/people.py): verify, enroll."""
+"""CLI commands of the people stage (see facelab/people/): verify, enroll."""
 from __future__ import annotations
 
 import json
