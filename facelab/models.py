@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from facelab.errors import FacelabError
+from facelab.errors import ConfigError, DataError, FacelabError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 def _pool(kind: str) -> nn.Module:
     if kind not in POOLS:
-        raise ValueError(f"pool must be one of {sorted(POOLS)}, got {kind!r}")
+        raise ConfigError(f"pool must be one of {sorted(POOLS)}, got {kind!r}")
     return POOLS[kind](2)
 
 
@@ -181,7 +181,7 @@ def get_spec(name: str) -> ModelSpec:
         return BUILTIN[name]
     tname = timm_name(name)
     if tname not in _timm_names():
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models())}, or any name from "
+        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(list_models())}, or any name from "
                          f"timm.list_models() (also `face-embed` for the people model)")
     # 160 px: on celeba-mini's five clear attributes EfficientNet-Lite0 scored 0.716 balanced
     # accuracy at 160 against 0.682 at 128 (bench/tasks.py, docs/train.md)
@@ -225,7 +225,7 @@ def resolve_weights(name: str, weights: str | Path | None = None) -> tuple[Path 
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: weights file not found (given with --weights)")
+            raise NotFound(f"{path}: weights file not found (given with --weights)")
         return path, f"file {path}"
     off = OFFLINE_WEIGHTS.get(timm_name(name))
     if off is not None:
@@ -245,7 +245,7 @@ def _state_dict_of(obj: Any) -> dict:
         return obj
     if hasattr(obj, "state_dict"):
         return obj.state_dict()
-    raise ValueError("weights file holds neither a state_dict nor a model")
+    raise DataError("weights file holds neither a state_dict nor a model")
 
 
 def load_backbone(model: nn.Module, source: dict, what: str) -> int:
@@ -263,7 +263,7 @@ def load_backbone(model: nn.Module, source: dict, what: str) -> int:
         if len(src) < len(target) or any(t.shape != s.shape for (_, t), (_, s) in pairs):
             bad = next(((tk, tuple(t.shape), sk, tuple(s.shape)) for (tk, t), (sk, s) in pairs
                         if t.shape != s.shape), None)
-            raise ValueError(f"{what}: weights do not fit this architecture "
+            raise DataError(f"{what}: weights do not fit this architecture "
                              f"({len(src)} tensors for {len(target)}; first mismatch: {bad})")
         mapped = {tk: s for (tk, _), (_, s) in pairs}
     missing, _ = model.load_state_dict(mapped, strict=False)
@@ -305,7 +305,7 @@ def create_model(name: str, num_outputs: int, pretrained: bool = False, weights:
         valid = [p for p in inspect.signature(spec.builder).parameters if p != "num_outputs"]
         unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise ValueError(f"{name}: unknown model option(s) {unknown}; valid: {valid}")
+            raise ConfigError(f"{name}: unknown model option(s) {unknown}; valid: {valid}")
         model = spec.builder(num_outputs, **options)
         if weights is not None:
             n = load_backbone(model, _state_dict_of(torch.load(weights, map_location="cpu")), str(weights))

@@ -25,6 +25,7 @@ from facelab.bundle import FacePrediction, Predictor, bundle_dir_of, face_dict, 
 from facelab.bundle import face_pipeline as bundle_face_pipeline
 from facelab.detect import Face
 from facelab.ensemble import is_ensemble
+from facelab.errors import NotFound
 from facelab.images import ImageError, read_bytes, read_image, upright_size
 from facelab.prepare import CropCache, FacePipeline, PrepareConfig, PreparedFace
 from facelab.tasks import Task
@@ -112,7 +113,7 @@ def expand_paths(inputs: Sequence[str | Path]) -> list[Path]:
             log.warning("%s: no such file or folder", text)
             found.append(path)
     if not any(p.is_file() for p in found):
-        raise FileNotFoundError(f"{', '.join(map(str, inputs))}: no photo to predict (no such file, or "
+        raise NotFound(f"{', '.join(map(str, inputs))}: no photo to predict (no such file, or "
                                 "nothing with an image suffix)")
     seen: set[Path] = set()
     return [p for p in found if not (_key(p) in seen or seen.add(_key(p)))]

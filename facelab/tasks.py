@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from facelab.errors import ConfigError, DataError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -44,18 +46,18 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
-            raise ValueError(f"task kind must be one of {TASK_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"task kind must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.kind == "binary" and len(self.labels) != 2:
-            raise ValueError(f"a binary task has exactly 2 labels, got {list(self.labels)}")
+            raise DataError(f"a binary task has exactly 2 labels, got {list(self.labels)}")
         if self.kind == "multiclass" and len(self.labels) < 2:
-            raise ValueError("a multiclass task needs at least 2 classes")
+            raise DataError("a multiclass task needs at least 2 classes")
         if self.kind == "multilabel" and not self.labels:
-            raise ValueError("a multilabel task needs at least 1 attribute")
+            raise DataError("a multilabel task needs at least 1 attribute")
         want = self.num_thresholds
         if not self.thresholds and want:
             object.__setattr__(self, "thresholds", (0.5,) * want)
         if len(self.thresholds) != want:
-            raise ValueError(f"{self.kind} task with {len(self.labels)} labels needs {want} "
+            raise DataError(f"{self.kind} task with {len(self.labels)} labels needs {want} "
                              f"threshold(s), got {len(self.thresholds)}")
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
@@ -130,22 +132,22 @@ def infer_task(table: "SampleTable", kind: str | None = None) -> Task:
     (``[not_X, X]``), more -> multilabel.
     """
     if kind is not None and kind not in TASK_KINDS:
-        raise ValueError(f"task must be one of {TASK_KINDS}, got {kind!r}")
+        raise ConfigError(f"task must be one of {TASK_KINDS}, got {kind!r}")
     names = list(table.label_names)
     if table.kind == "classes":
         kind = kind or ("binary" if len(names) == 2 else "multiclass")
         if kind == "multilabel":
-            raise ValueError("a folder-per-class source has one label per photo; "
+            raise ConfigError("a folder-per-class source has one label per photo; "
                              "use binary or multiclass")
         return Task(kind, tuple(names))
     kind = kind or ("binary" if len(names) == 1 else "multilabel")
     if kind == "binary":
         if len(names) != 1:
-            raise ValueError(f"a binary task takes exactly one attribute, got {names}; "
+            raise ConfigError(f"a binary task takes exactly one attribute, got {names}; "
                              f"select one with --attrs")
         return Task("binary", (f"not_{names[0]}", names[0]))
     if kind == "multiclass":
-        raise ValueError("attribute labels are not mutually exclusive; use multilabel or binary")
+        raise ConfigError("attribute labels are not mutually exclusive; use multilabel or binary")
     return Task("multilabel", tuple(names))
 
 
