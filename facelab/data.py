@@ -24,20 +24,17 @@ from typing import Sequence
 import numpy as np
 
 from facelab.errors import DataError
+from facelab.folders import (INCOMPLETE_MARKER, PREPARED_MANIFEST, check_complete, clear_incomplete, mark_incomplete,
+                             read_prepared_manifest)
 
-__all__ = ["DataError", "SampleTable", "load_source"]
+__all__ = ["DataError", "SampleTable", "load_source",
+           "INCOMPLETE_MARKER", "PREPARED_MANIFEST", "check_complete", "clear_incomplete", "mark_incomplete"]
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".pgm", ".ppm", ".pnm", ".tif", ".tiff")
 SPLITS = ("train", "valid", "test")
 LABEL_KINDS = ("classes", "attributes")
-PREPARED_MANIFEST = "facelab_prepared.json"
-INCOMPLETE_MARKER = "FACELAB_INCOMPLETE.txt"
-"""Written into an output folder when a command (prepare, collect) starts filling it and
-removed when it finishes: a folder with it was left half-done (a full disk, a kill) and is
-not read as a data source."""
-
 # Folder names accepted for each split (ImageNet/fastai style trees).
 _SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
                   "validation": "valid", "test": "test", "testing": "test"}
@@ -430,28 +427,6 @@ def load_csv(path: str | Path, path_column: str | None = None,
 
 # --------------------------------------------------------------------------- dispatch
 
-def mark_incomplete(folder: Path, command: str) -> None:
-    """Mark ``folder`` as being filled by ``command`` (see :data:`INCOMPLETE_MARKER`)."""
-    from facelab._io import write_text
-
-    write_text(folder / INCOMPLETE_MARKER,
-               f"{command} has not finished writing this folder (it was stopped, or the disk was full).\n"
-               f"Run the same {command} command again: it resumes, and removes this file when done.\n")
-
-
-def clear_incomplete(folder: Path) -> None:
-    (folder / INCOMPLETE_MARKER).unlink(missing_ok=True)
-
-
-def check_complete(folder: Path) -> None:
-    """DataError when ``folder`` was left half-written by prepare or collect."""
-    marker = folder / INCOMPLETE_MARKER
-    if marker.is_file():
-        first = marker.read_text(encoding="utf-8", errors="replace").partition(" has not")[0].strip()
-        raise DataError(f"{folder}: incomplete, {first or 'a facelab command'} stopped before it finished "
-                        f"({INCOMPLETE_MARKER}); run it again to finish the folder, or delete the folder")
-
-
 def load_source(path: str | Path, attrs: Sequence[str] | None = None, **kwargs) -> SampleTable:
     """Read any supported source; the layout is detected from what is there.
 
@@ -482,11 +457,8 @@ def load_source(path: str | Path, attrs: Sequence[str] | None = None, **kwargs) 
             table = table.select_attributes(attrs)
     if table.root.is_dir() and table.root != p:
         check_complete(table.root)
-    manifest = table.root / PREPARED_MANIFEST if table.root.is_dir() else None
-    if manifest is not None and manifest.is_file():
-        import json
-
-        table.prepared = json.loads(manifest.read_text(encoding="utf-8"))
+    if table.root.is_dir():
+        table.prepared = read_prepared_manifest(table.root)
     log.info("%s: %d photos, %s %s", table.root, len(table), len(table.label_names), table.kind)
     return table
 

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "facelab"
 
 #: Layers, first to last: a module may import its own layer and earlier ones.
 LAYERS: list[set[str]] = [
-    {"_io", "_deps", "_progress", "_phash", "_html", "errors", "templates"},  # plumbing
+    {"_io", "_deps", "_progress", "_phash", "_html", "errors", "templates", "folders"},  # plumbing
     {"data", "images", "tasks", "metrics", "splits"},    # sample tables, pictures, tasks, held-out split
     {"detect", "align"},
     {"prepare"},                                         # faces -> crops

@@ -14,7 +14,7 @@
 """
 from __future__ import annotations
 
-from facelab.data import PREPARED_MANIFEST
+from facelab.folders import PREPARED_MANIFEST
 from facelab.prepare.cache import STATUSES, CropCache, FileResult, default_cache_dir, place_crop
 from facelab.prepare.config import (BACKGROUND_MODES, CROP_FORMATS, LIGHT_MODES, MULTI_FACE_POLICIES, ONE_FACE_POLICIES,
                                     PIPELINE_VERSION, PrepareConfig, as_config)

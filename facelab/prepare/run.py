@@ -3,17 +3,18 @@ labels, a manifest and a report), :func:`prepare_table` (a table into cached cro
 training on raw photos) and :func:`prepare_shard` (one slice into the cache only)."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from facelab._io import DiskFullError, write_json
-from facelab.data import INCOMPLETE_MARKER, PREPARED_MANIFEST, SampleTable, clear_incomplete, load_source, mark_incomplete
+from facelab._io import DiskFullError
+from facelab.data import SampleTable, load_source
 from facelab.detect import cached_detector
-from facelab.errors import ConfigError
+from facelab.errors import ConfigError, DataError
+from facelab.folders import (INCOMPLETE_MARKER, clear_incomplete, mark_incomplete, read_prepared_manifest,
+                             write_prepared_manifest)
 from facelab.prepare.cache import CropCache, FileResult
 from facelab.prepare.config import PrepareConfig, as_config
 from facelab.prepare.outputs import primary_names, write_outputs
@@ -158,13 +159,11 @@ def _prepare_into(table: SampleTable, out: Path, config: PrepareConfig, workers:
     report = PrepareReport(out, counts, results, csv_path, grid_path, None, seconds)
     if report_html:
         report.html_path = write_html(out / REPORT_DIR / "report.html", report, config, table)
-    write_json(out / PREPARED_MANIFEST, {
-        "format": 1, "config": config.to_dict(), "source": str(table.root), "source_kind": table.source,
-        "counts": counts, "photos": len(results), "rows": sum(len(o) for o in outputs),
-        "report": {"csv": str(csv_path.relative_to(out)), "grid": str(grid_path.relative_to(out)) if grid_path else None,
-                   "html": str(report.html_path.relative_to(out)) if report.html_path else None},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    write_prepared_manifest(out, config.to_dict(), table.root, table.source, counts, len(results),
+                            sum(len(o) for o in outputs),
+                            {"csv": str(csv_path.relative_to(out)),
+                             "grid": str(grid_path.relative_to(out)) if grid_path else None,
+                             "html": str(report.html_path.relative_to(out)) if report.html_path else None})
     return report
 
 
@@ -183,8 +182,8 @@ def _disk_full_advice(exc: DiskFullError, out: Path | None, cache_root: Path) ->
 def _warn_if_reconfigured(out: Path, config: PrepareConfig) -> None:
     """Re-using an output folder with another config leaves crops the new run does not write."""
     try:
-        previous = json.loads((out / PREPARED_MANIFEST).read_text(encoding="utf-8")).get("config")
-    except (OSError, ValueError):
+        previous = (read_prepared_manifest(out) or {}).get("config")
+    except DataError:  # a damaged manifest is rewritten by this run
         return
     if previous is not None and previous != config.to_dict():
         log.warning("%s was prepared with a different config; crops the new run does not "
