@@ -318,11 +318,12 @@ def test_empty_key_is_an_error_not_auth_off(binary_run: Path, tmp_path: Path) ->
 
 
 def test_workers_get_a_key_digest_not_the_key(binary_run: Path, photo: bytes, tmp_path: Path) -> None:
-    """--workers 2 with the key in FACELAB_API_KEY: no server process has the key in its
-    environment, and both workers check it."""
+    """--workers 2 with the key in FACELAB_API_KEY: the workers get their settings as
+    FACELAB_<SETTING> variables (pydantic-settings) with the key as its salted digest; no
+    worker has the key in its environment, and both check it."""
     os.environ["FACELAB_API_KEY"] = KEY
     try:
-        with running_server([binary_run], tmp_path, "--workers", "2") as url:
+        with running_server([binary_run], tmp_path, "--workers", "2", "--max-batch", "7") as url:
             ok = [_predict(url, photo).status_code for _ in range(6)]
             denied = [httpx.get(f"{url}/api/models").status_code for _ in range(6)]
             pids = _server_processes()
@@ -330,12 +331,13 @@ def test_workers_get_a_key_digest_not_the_key(binary_run: Path, photo: bytes, tm
     finally:
         del os.environ["FACELAB_API_KEY"]
     assert ok == [200] * 6 and denied == [401] * 6
-    workers = [pid for pid, env in environs.items() if b"FACELAB_SERVE_CONFIG=" in env]
+    workers = [pid for pid, env in environs.items() if b"FACELAB_RUNS=" in env]
     assert len(workers) >= 2, list(environs)
     for pid in workers:
-        assert KEY.encode() not in environs[pid]
-        config = json.loads(environs[pid].split(b"FACELAB_SERVE_CONFIG=")[1].split(b"\0")[0])
-        assert "api_key" not in config and config["api_key_digest"]
+        env = dict(v.split(b"=", 1) for v in environs[pid].split(b"\0") if b"=" in v)
+        assert KEY.encode() not in environs[pid] and b"FACELAB_API_KEY" not in env
+        assert env[b"FACELAB_API_KEY_DIGEST"] and env[b"FACELAB_MAX_BATCH"] == b"7"
+        assert json.loads(env[b"FACELAB_RUNS"]) == [str(binary_run)]
 
 
 def _server_processes() -> list[int]:

@@ -74,5 +74,5 @@ def serve_cmd(
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     typer.echo(f"facelab serve: http://{host}:{port}/  (API docs: /docs"
-               f"{', API key required' if config.api_key else ''})")
+               f"{', API key required' if config.key() else ''})")
     serve(config, host=host, port=port, log_level=log_level, access_log=access_log, workers=workers)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -27,7 +25,7 @@ from facelab.errors import ConfigError
 from facelab.serve.auth import check_key
 from facelab.serve.errors import ACCEPTED, FORM_OVERHEAD, ApiError
 from facelab.serve.service import LoadedModel, Service, _iou, batch_fn
-from facelab.serve.settings import API_KEY_ENV, ApiKey, ServeConfig
+from facelab.serve.settings import API_KEY_ENV, DIGEST_ENV, ApiKey, ServeConfig
 from facelab.serve.uploads import FormParser, image_of_form, parse_multipart, read_upload
 
 __all__ = ["ACCEPTED", "API_KEY_ENV", "ApiError", "ApiKey", "FORM_OVERHEAD", "FormParser", "LoadedModel",
@@ -39,7 +37,6 @@ _batch_fn = batch_fn  # the name tests/test_people.py imports
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-CONFIG_ENV = "FACELAB_SERVE_CONFIG"
 
 
 def _docs_page(app: Any) -> str:
@@ -64,7 +61,7 @@ def _docs_page(app: Any) -> str:
 
 def create_app(config: ServeConfig, key: ApiKey | None = None) -> Any:
     """The FastAPI application (models load in its lifespan). ``key``: the API key's
-    digest when ``config.api_key`` is not given (``--workers`` processes)."""
+    digest, when not the one of ``config`` (:meth:`ServeConfig.key`)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -91,7 +88,7 @@ def create_app(config: ServeConfig, key: ApiKey | None = None) -> Any:
                   description="Face classifiers trained with facelab: upload a photo, get every face "
                               "with each model's probabilities.")
     app.state.service, app.state.settings = service, config
-    app.state.key = ApiKey.of(config.api_key) if config.api_key else key
+    app.state.key = key or config.key()
     app.include_router(api_router())
 
     @app.exception_handler(ApiError)
@@ -147,9 +144,11 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
 
     ``workers`` > 1 starts that many server processes on the same port, each loading the
     models in its own lifespan: face detection holds Python's GIL, so one process keeps
-    about one core busy however many threads it has. The workers get their config in the
-    environment (``FACELAB_SERVE_CONFIG``) with the API key replaced by its salted
-    digest, and ``FACELAB_API_KEY`` is removed from the environment they inherit."""
+    about one core busy however many threads it has. The workers get their settings as
+    ``FACELAB_<SETTING>`` environment variables (:meth:`ServeConfig.to_env`, read back by
+    pydantic-settings in :func:`app_from_env`) with the API key replaced by its salted
+    digest (``FACELAB_API_KEY_DIGEST``); ``FACELAB_API_KEY`` is removed from the
+    environment they inherit."""
     from facelab.serve import guard, logs
 
     if workers < 1:
@@ -159,7 +158,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
                          "(trace would print request headers, API keys included)")
     uvicorn = _require_uvicorn()
     config = _fit_open_files(config)
-    os.environ.pop(API_KEY_ENV, None)  # child processes need not inherit the key
+    for name in (API_KEY_ENV, DIGEST_ENV):  # child processes never inherit the key (nor a stale digest)
+        os.environ.pop(name, None)
     options = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=config.keep_alive_timeout,
                    limit_concurrency=None, ws_max_size=config.max_upload_bytes + FORM_OVERHEAD, access_log=access_log,
                    http=guard.protocol_class(), log_config=logs.log_config(),
@@ -168,10 +168,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
     if workers == 1:
         uvicorn.run(create_app(config), **options)
         return
-    data = dataclasses.asdict(config)
-    key = data.pop("api_key")
-    data["api_key_digest"] = ApiKey.of(key).encode() if key else None
-    os.environ[CONFIG_ENV] = json.dumps(data)
+    os.environ.update(config.to_env())
     uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **options)
 
 
@@ -194,18 +191,15 @@ def _fit_open_files(config: ServeConfig) -> ServeConfig:
         log.warning("open-file limit %d is too low for --max-idle-connections %d + --max-connections %d: "
                     "idle connections capped at %d (raise it with ulimit -n)", soft,
                     config.max_idle_connections, config.max_in_flight, fit)
-        config = dataclasses.replace(config, max_idle_connections=fit)
+        config = config.model_copy(update={"max_idle_connections": fit})
     return config
 
 
 def app_from_env() -> Any:
-    """The app of one worker process (``serve(workers=N)``): its config comes from the
-    environment variable ``FACELAB_SERVE_CONFIG`` (JSON of :class:`ServeConfig`, the API
-    key as its salted digest ``api_key_digest``)."""
-    data = json.loads(os.environ[CONFIG_ENV])
-    digest = data.pop("api_key_digest", None)
-    data["runs"], data["cors_origins"] = tuple(data["runs"]), tuple(data["cors_origins"])
-    return create_app(ServeConfig(**data), key=ApiKey.decode(digest) if digest else None)
+    """The app of one worker process (``serve(workers=N)``): its settings come from the
+    ``FACELAB_<SETTING>`` environment variables :func:`serve` set (the API key as its
+    salted digest ``FACELAB_API_KEY_DIGEST``)."""
+    return create_app(ServeConfig())
 
 
 def _require_uvicorn() -> Any:

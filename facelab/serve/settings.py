@@ -1,22 +1,41 @@
-"""How ``facelab serve`` runs: :class:`ServeConfig` and the API key's digest (:class:`ApiKey`)."""
+"""How ``facelab serve`` runs: :class:`ServeConfig` (pydantic-settings: every field can also
+come from an environment variable ``FACELAB_<FIELD>``) and the API key's digest (:class:`ApiKey`).
+
+``--workers`` processes get their settings as those variables (:meth:`ServeConfig.to_env`),
+the API key as its salted digest only: the key itself never reaches a child process, and
+printing the settings shows ``**********`` for it."""
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from facelab.errors import ConfigError
 
-API_KEY_ENV = "FACELAB_API_KEY"
+ENV_PREFIX = "FACELAB_"
+API_KEY_ENV = f"{ENV_PREFIX}API_KEY"
+DIGEST_ENV = f"{ENV_PREFIX}API_KEY_DIGEST"
+COUNTS = ("max_upload_bytes", "max_pixels", "max_batch", "max_faces", "max_in_flight", "keep_alive_timeout",
+          "max_idle_connections", "max_header_bytes", "max_form_parts", "max_part_header_bytes")
+"""Settings that must be >= 1."""
+SECONDS = ("request_timeout", "header_timeout", "body_timeout")
+"""Settings that must be > 0."""
 
 
-@dataclass
-class ServeConfig:
-    """How ``facelab serve`` runs."""
+class ServeConfig(BaseSettings):
+    """How ``facelab serve`` runs. Given values win over ``FACELAB_<FIELD>`` environment
+    variables, which win over the defaults (tuples in the environment are JSON lists)."""
 
-    runs: tuple[str, ...]
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, use_attribute_docstrings=True,
+                                      extra="forbid")
+
+    runs: tuple[str, ...] = ()
     """Run (or bundle) folders to serve; each becomes a model named after its folder."""
     backend: str = "auto"
     """``auto`` (ONNX Runtime when the run exports), ``onnx`` or ``torch``."""
@@ -27,10 +46,14 @@ class ServeConfig:
     request_timeout: float = 30.0
     """Seconds a request may take, upload included (504 ``timeout`` after). Its queued
     detection and its crops waiting for a batch are then dropped, not computed."""
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     """When set, ``/api/*`` needs it in header ``X-API-Key`` or ``Authorization: Bearer``
     (WebSocket: those headers, or the subprotocol ``facelab.key.<base64url of the key>``).
-    A key in a URL is refused. An empty key is an error, not "authentication off"."""
+    A key in a URL is refused. An empty key is an error, not "authentication off". A
+    ``SecretStr``: printed or logged, the settings show ``**********``."""
+    api_key_digest: str | None = None
+    """The API key as its salted SHA-256 digest (``salt:digest`` in hex, :class:`ApiKey`):
+    what ``--workers`` processes get instead of the key."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the API from other sites; empty = CORS off."""
     max_batch: int = 32
@@ -73,36 +96,74 @@ class ServeConfig:
     max_part_header_bytes: int = 4096
     """Largest headers of one multipart part in bytes; 413 above."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # a value of the wrong type, given or from the environment
+            problems = "; ".join(_problem(e) for e in exc.errors())
+            raise ConfigError(f"bad serve setting: {problems} (options of `facelab serve`, or environment "
+                              f"variables {ENV_PREFIX}<SETTING>)") from None
+        self._check()
+
+    def _check(self) -> None:
         from facelab.predict import BACKENDS
 
         if not self.runs:
             raise ConfigError("serve needs at least one run folder")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
-        for name in ("max_upload_bytes", "max_pixels", "max_batch", "max_faces", "max_in_flight",
-                     "keep_alive_timeout", "max_idle_connections", "max_header_bytes", "max_form_parts",
-                     "max_part_header_bytes"):
+        for name in COUNTS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("request_timeout", "header_timeout", "body_timeout"):
+        for name in SECONDS:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.threads < 0 or self.model_threads < 0:
             raise ConfigError("max_wait_ms, threads and model_threads must be >= 0")
-        if self.api_key is not None and not self.api_key.strip():
-            raise ConfigError("the API key is empty (--api-key '' or FACELAB_API_KEY=); give a real key, "
-                             "or unset it to run without authentication")
-        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
-                                             and self.api_key == self.api_key.strip()):
-            raise ConfigError("the API key must be printable ASCII without leading or trailing spaces "
-                             "(it travels in an HTTP header)")
+        if self.api_key is not None:
+            _check_key(self.api_key.get_secret_value())
+        if self.api_key is not None and self.api_key_digest:
+            raise ConfigError(f"give the API key or its digest ({DIGEST_ENV}), not both")
+        if self.api_key_digest:
+            ApiKey.decode(self.api_key_digest)
+
+    def key(self) -> ApiKey | None:
+        """The API key as a salted digest (None: no authentication)."""
+        if self.api_key is not None:
+            return ApiKey.of(self.api_key.get_secret_value())
+        return ApiKey.decode(self.api_key_digest) if self.api_key_digest else None
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``FACELAB_<FIELD>`` environment variables (what ``ServeConfig()``
+        reads back in a ``--workers`` process): the API key as its salted digest only."""
+        key = self.key()
+        values = self.model_dump(mode="json", exclude={"api_key", "api_key_digest"})
+        env = {f"{ENV_PREFIX}{name.upper()}": v if isinstance(v, str) else json.dumps(v) for name, v in values.items()}
+        if key is not None:
+            env[DIGEST_ENV] = key.encode()
+        return env
 
     def guard_limits(self) -> Any:
         from facelab.serve.guard import GuardLimits
 
         return GuardLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
                            max_idle=self.max_idle_connections, max_header_bytes=self.max_header_bytes)
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error in words; never the value of a key setting."""
+    where = ".".join(map(str, error["loc"]))
+    shown = "" if "key" in where else f" (got {error.get('input')!r})"
+    return f"{where}: {error['msg']}{shown}"
+
+
+def _check_key(key: str) -> None:
+    if not key.strip():
+        raise ConfigError("the API key is empty (--api-key '' or FACELAB_API_KEY=); give a real key, "
+                          "or unset it to run without authentication")
+    if not (key.isascii() and key.isprintable() and key == key.strip()):
+        raise ConfigError("the API key must be printable ASCII without leading or trailing spaces "
+                          "(it travels in an HTTP header)")
 
 
 @dataclass(frozen=True)
@@ -129,6 +190,10 @@ class ApiKey:
 
     @classmethod
     def decode(cls, text: str) -> "ApiKey":
-        salt, digest = text.split(":")
-        return cls(bytes.fromhex(salt), bytes.fromhex(digest))
+        try:
+            salt, digest = text.split(":")
+            return cls(bytes.fromhex(salt), bytes.fromhex(digest))
+        except ValueError:
+            raise ConfigError(f"{DIGEST_ENV} is not a key digest (salt:sha256, both hex); "
+                              "unset it, and give the key itself with --api-key or FACELAB_API_KEY") from None
 
