@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from facelab.errors import ConfigError
 from facelab.explain.config import CAM_METHODS
 from facelab.explain.hooks import disable_inplace, find_cam_layer, to_tensor, torch_net
 
@@ -25,7 +26,7 @@ def target_index(task: Any, probs: np.ndarray, target: str | None) -> int:
     """Index into ``task.labels`` of the output to explain for one photo."""
     if target is not None:
         if target not in task.labels:
-            raise ValueError(f"unknown target {target!r}; the model's labels are {', '.join(task.labels)}")
+            raise ConfigError(f"unknown target {target!r}; the model's labels are {', '.join(task.labels)}")
         return task.labels.index(target)
     if task.kind == "multilabel":
         return int(np.argmax(probs))
@@ -53,14 +54,14 @@ def class_activation_maps(predictor: Any, crops: Sequence[np.ndarray], index: Se
     import torch.nn.functional as F
 
     if method not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
+        raise ConfigError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
     net = torch_net(predictor)
     net.eval()
     x = to_tensor(predictor, crops, net)
     layer = layer or find_cam_layer(net, x)
     modules = dict(net.named_modules())
     if layer not in modules:
-        raise ValueError(f"unknown layer {layer!r}; e.g. {', '.join(list(modules)[-8:])}")
+        raise ConfigError(f"unknown layer {layer!r}; e.g. {', '.join(list(modules)[-8:])}")
     store: dict[str, Any] = {}
 
     def hook(_m: Any, _i: Any, out: "torch.Tensor") -> None:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from facelab.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     from facelab.detect import Face
 
@@ -42,9 +44,9 @@ class ExplainConfig:
 
     def __post_init__(self) -> None:
         if self.method not in CAM_METHODS:
-            raise ValueError(f"unknown CAM method {self.method!r}; valid: {', '.join(CAM_METHODS)}")
+            raise ConfigError(f"unknown CAM method {self.method!r}; valid: {', '.join(CAM_METHODS)}")
         if self.blocks < 1 or self.channels < 1 or not 0 < self.alpha <= 1:
-            raise ValueError("blocks >= 1, channels >= 1 and 0 < alpha <= 1 are required")
+            raise ConfigError("blocks >= 1, channels >= 1 and 0 < alpha <= 1 are required")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from facelab.errors import ConfigError
 from facelab.explain.hooks import leaf_outputs, to_tensor, torch_net
 
 _ACTIVATIONS = ("ReLU", "ReLU6", "LeakyReLU", "SiLU", "GELU", "ELU", "Hardswish", "Mish", "Tanh", "Sigmoid",
@@ -42,9 +43,9 @@ def first_layer_filters(predictor: Any) -> np.ndarray:
     net = torch_net(predictor)
     conv = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
     if conv is None:
-        raise ValueError("the model has no convolution layer")
+        raise ConfigError("the model has no convolution layer; explain needs a CNN")
     w = conv.weight.detach().cpu().numpy()
     w = w if w.shape[1] == 3 else np.repeat(w.mean(1, keepdims=True), 3, axis=1)
     w = w.transpose(0, 2, 3, 1)
     lo, hi = w.min((1, 2, 3), keepdims=True), w.max((1, 2, 3), keepdims=True)
-    return np.uint8(255 * (w - lo) / np.where(hi > lo, hi - lo, 1))
+    return (255 * (w - lo) / np.where(hi > lo, hi - lo, 1)).astype(np.uint8)

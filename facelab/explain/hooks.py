@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from facelab.bundle import InputSpec
+from facelab.errors import ConfigError
 from facelab.explain.config import MIN_CAM_SIDE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,26 +23,16 @@ def torch_net(predictor: Any) -> "torch.nn.Module":
         if isinstance(net, torch.nn.Module):
             return net
     backend = predictor.bundle.get("model", {}).get("backend")
-    raise ValueError(f"explain needs a PyTorch model; this bundle's backend is {backend!r} "
+    raise ConfigError(f"explain needs a PyTorch model; this bundle's backend is {backend!r} "
                      f"(explain the training run folder, not an ONNX export)")
 
 
 def to_tensor(predictor: Any, crops: Sequence[np.ndarray], net: "torch.nn.Module") -> "torch.Tensor":
-    """Crops -> the normalised input batch, exactly as the bundle prescribes (same resizing
-    as training and ``predict_crops``: :func:`facelab.bundle.resize_crops`)."""
-    import torch
-
-    from facelab.bundle import resize_crops
-
-    inp = predictor.bundle["input"]
-    x = resize_crops(crops, int(inp["size"])).astype(np.float32) / 255
-    x = (x - np.asarray(inp["mean"], np.float32)) / np.asarray(inp["std"], np.float32)
-    t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-    first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    if first is not None and first.in_channels == 1 and t.shape[1] == 3:
-        t = t.mean(1, keepdim=True)
-    device = next(net.parameters()).device
-    return t.to(device)
+    """Crops -> the network's input batch on its device, through the bundle's
+    :class:`~facelab.bundle.InputSpec` (the one preprocessing training and every predictor
+    use). Every network of facelab.models takes RGB, so there is no one-channel case."""
+    spec = InputSpec.from_dict(predictor.bundle["input"])
+    return spec.preprocess(spec.batch(crops), next(net.parameters()).device)
 
 
 def leaf_outputs(net: "torch.nn.Module", x: "torch.Tensor") -> list[tuple[str, str, Any]]:
@@ -95,14 +87,14 @@ def find_cam_layer(net: "torch.nn.Module", x: "torch.Tensor", min_side: int = MI
     maps = [(n, min(o.shape[2:])) for n, o in module_outputs(net, x[:1])
             if isinstance(o, torch.Tensor) and o.ndim == 4 and min(o.shape[2:]) >= 2]
     if not maps:
-        raise ValueError("the model has no layer with a spatial output to explain")
+        raise ConfigError("the model has no layer with a spatial output to explain; explain needs a CNN")
     fine = [n for n, side in maps if side >= min_side]
     return fine[-1] if fine else maps[-1][0]
 
 
 def disable_inplace(net: "torch.nn.Module") -> list[Any]:
     """In-place activations would overwrite the hooked activations; switch them off for now."""
-    changed = [m for m in net.modules() if getattr(m, "inplace", False) is True]
+    changed: list[Any] = [m for m in net.modules() if getattr(m, "inplace", False) is True]
     for m in changed:
         m.inplace = False
     return changed

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from facelab.errors import DataError
 from facelab.explain.cam import class_activation_maps, target_index
 from facelab.explain.geometry import to_original
 from facelab.images import ImageError, read_image
@@ -70,7 +71,7 @@ def pointing_game(predictor: Any, photos: Sequence[FacePhoto], target: str | Non
     does) on every photo and count the maps whose peak on the ORIGINAL photo (through
     :func:`to_original`) lies inside the detected face box."""
     if not photos:
-        raise ValueError("pointing_game needs at least one photo with a face")
+        raise DataError("pointing_game needs at least one photo with a face; pass photos in which one is found")
     prepare = predictor.bundle["prepare"]
     hits, empty, chance = 0, 0, []
     for start in range(0, len(photos), batch):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facelab._html import image_grid, img_tag, png_bytes, write_page
+from facelab._html import escape, image_grid, img_tag, png_bytes, write_page
 from facelab._io import write_bytes
 from facelab.explain.config import ExplainConfig, Explanation
 from facelab.explain.features import feature_maps, first_layer_filters
@@ -20,9 +20,9 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``rgb`` with the heat map (jet colours) blended in where the map is non-zero."""
     import cv2
 
-    heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1]
+    heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     a = (alpha * np.clip(cam, 0, 1) ** 0.5)[..., None]
-    return np.uint8(rgb * (1 - a) + heat * a)
+    return (rgb * (1 - a) + heat * a).astype(np.uint8)
 
 
 def _draw_box(rgb: np.ndarray, face: "Face") -> np.ndarray:
@@ -67,11 +67,13 @@ def filters_grid(filters: np.ndarray, limit: int = 64) -> np.ndarray:
 
 
 def write_outputs(out: Path, predictor: Any, items: list[Explanation], config: ExplainConfig) -> dict[str, Path]:
+    """One picture per face (crop, its map, the map on the photo), a grid of all faces, the
+    feature maps and filters, and ``explain.html`` holding them all; returns name -> file."""
     files: dict[str, Path] = {}
     sections = []
     for i, e in enumerate(items):
         panels = [e.crop, overlay(e.crop, e.cam, config.alpha)]
-        if e.cam_original is not None:
+        if e.original is not None and e.cam_original is not None and e.face is not None:
             panels.append(_draw_box(overlay(e.original, e.cam_original, config.alpha), e.face))
         what = _caption(e, config.method)
         png = png_bytes(image_grid(panels, ["aligned crop", what, "on the photo"],
@@ -90,6 +92,7 @@ def write_outputs(out: Path, predictor: Any, items: list[Explanation], config: E
         files["filters"] = write_bytes(out / "filters.png", filters)
         sections += [(f"Feature maps of {Path(items[0].path).name}: after convolution, activation and pooling",
                       img_tag(maps, "feature maps")), ("First-layer filters", img_tag(filters, "filters"))]
+    model = predictor.bundle.get("model", {}).get("name", "?")
     files["html"] = write_page(out / "explain.html", "facelab explain", sections,
-                               f"<p>Model: {predictor.bundle.get('model', {}).get('name', '?')}; method: {config.method}</p>")
+                               escape(f"Model: {model}; method: {config.method}"))
     return files

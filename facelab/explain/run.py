@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 
 from facelab._progress import progress
 from facelab.backends import load
+from facelab.errors import ConfigError, DataError
 from facelab.evaluate import resolve_members
 from facelab.explain.cam import class_activation_maps, target_index
 from facelab.explain.config import ExplainConfig, Explanation, ExplainResult
@@ -26,15 +27,15 @@ def explain(run: str | Path, images: Sequence[str | Path], out: str | Path | Non
     ``out`` (default ``RUN/explain``). Photos without a face are skipped with a warning."""
     config = config or ExplainConfig(**overrides)
     if not images:
-        raise ValueError("no photos given: pass one or more image files to explain")
+        raise DataError("no photos given: pass one or more image files to explain")
     members, _ = resolve_members(run)
     if len(members) > 1:
-        raise ValueError(f"{run} is an ensemble; explain one member run at a time: {', '.join(map(str, members))}")
+        raise ConfigError(f"{run} is an ensemble; explain one member run at a time: {', '.join(map(str, members))}")
     predictor = load(members[0])
     out = Path(out) if out else members[0] / "explain"
     items = [e for p in _progress(images) if (e := explain_photo(predictor, p, config)) is not None]
     if not items:
-        raise ValueError(f"none of the {len(images)} photo(s) could be explained (unreadable or no face found); "
+        raise DataError(f"none of the {len(images)} photo(s) could be explained (unreadable or no face found); "
                          f"pass --aligned if they are already face crops")
     files = write_outputs(out, predictor, items, config)
     return ExplainResult(out, items, files)
