@@ -50,8 +50,8 @@ class AugmentConfig:
 
     @property
     def active(self) -> bool:
-        return self.flip or (self.p_affine > 0 and (self.max_rotate or self.max_zoom > 1 or self.max_warp)) \
-            or (self.p_lighting > 0 and self.max_lighting > 0)
+        return bool(self.flip or (self.p_affine > 0 and (self.max_rotate or self.max_zoom > 1 or self.max_warp))
+                    or (self.p_lighting > 0 and self.max_lighting > 0))
 
 
 PRESETS: dict[str, AugmentConfig] = {

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from facelab import store as S
+from facelab.bundle.spec import InputSpec
 from facelab.data import load_source
 from facelab.prepare import prepare_table
 from facelab.prepare import default_cache_dir
@@ -69,10 +70,9 @@ def test_each_rank_reads_only_its_own_shards(world: int, tmp_path: Path) -> None
     parts = [S.rank_rows(spec, r, world) for r in range(world)]
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(1000))  # disjoint, complete
     take = min(map(len, parts))
-    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
     steps = set()
     for r in range(world):
-        rt = Runtime(torch.device("cpu"), mean, std, rank=r, world=world)
+        rt = Runtime(torch.device("cpu"), InputSpec(32), rank=r, world=world)
         shards = set(S.rank_shards(spec, r, world))
         for epoch in range(2):
             batches = epoch_batches(1000, 32, epoch, rt, None, None, parts[r], take)
@@ -132,7 +132,7 @@ def test_auto_loader_streams_only_over_the_memory_budget(orl_faces: Path, tmp_pa
 def test_bf16_autocast_trains_on_a_cpu_from_the_store(orl_faces: Path, tmp_path: Path) -> None:
     """The GPU path's mixed precision (bf16 autocast) and channels_last run on a CPU too,
     streamed crops included: finite losses, a bundle that predicts probabilities."""
-    from facelab.bundle import load
+    from facelab.backends import load
 
     run, _ = _train(orl_faces, tmp_path, "bf16", epochs=1, max_batches=3, amp=True, loader="stream", shard_rows=64)
     resolved = json.loads((run / "config.json").read_text())["resolved"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facelab import bundle as B
+from facelab import backends as B
 from facelab.images import read_image
 
 
@@ -102,8 +102,8 @@ def test_predict_image_runs_face_preparation(binary_run: Path, celeba_wild: Path
 
 
 def test_backend_registry_errors(tmp_path: Path, celeba_run: Path) -> None:
-    with pytest.raises(ValueError, match="valid: torch, face-embed, onnx"):
-        B.backend_class("tensorflow")
+    with pytest.raises(ValueError, match="valid: torch, onnx, auto"):
+        B.load(celeba_run, backend="tensorflow")
     with pytest.raises(FileNotFoundError, match="no bundle.json"):
         B.load(tmp_path)
 
@@ -156,15 +156,16 @@ def test_kill_9_mid_epoch_loses_at_most_that_epoch(orl_faces: Path, tmp_path: Pa
 
 def test_bad_requests_are_specific(orl_faces: Path, celeba_mini: Path, celeba_run: Path) -> None:
     from facelab.data import DataError
+    from facelab.errors import ConfigError, RunExists
     from facelab.train import TrainConfig, train
 
     with pytest.raises(DataError, match="Smilling.*valid names.*Smiling"):
         train(celeba_mini, attrs=["Smilling"], model="lenet5", out=str(celeba_run.parent), name="typo")
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(RunExists, match="--resume"):
         train(orl_faces, model="lenet5", out=str(celeba_run.parent), name=celeba_run.name)
     with pytest.raises(ValueError, match="unknown model 'lenet6'"):
         TrainConfig(data=str(orl_faces), model="lenet6")
-    with pytest.raises(ValueError, match="schedule must be one of"):
+    with pytest.raises(ConfigError, match="schedule must be one of"):
         TrainConfig(data=str(orl_faces), schedule="linear")
     assert TrainConfig(data="x", model="lenet5").pretrained is False
     assert TrainConfig(data="x", model="mobilenetv2_100").pretrained is True
