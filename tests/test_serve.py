@@ -198,23 +198,6 @@ def test_request_timeout_answers_504_and_drops_the_work(binary_run: Path, photos
         assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
 
 
-def test_two_worker_processes_answer_concurrent_requests(binary_run: Path, photos: list[Path],
-                                                         tmp_path: Path) -> None:
-    """--workers 2: two server processes on one port, each loading the model in its own
-    lifespan from the config in the environment; concurrent requests all get real answers."""
-    from facelab.images import read_image
-    from facelab.predict import load_predictor, predict_rgb
-
-    chosen = photos[:6]
-    with running_server([binary_run], tmp_path, "--workers", "2") as url:
-        responses = _post_all_at_once(url, chosen, key=None)
-    predictor = load_predictor(binary_run)
-    for photo, r in zip(chosen, responses):
-        assert r.status_code == 200, r.text
-        expected = predict_rgb(predictor, read_image(photo))
-        assert len(r.json()["faces"]) == len(expected) >= 1
-
-
 def test_over_the_request_limit_answers_json_503_busy(binary_run: Path, photos: list[Path],
                                                       tmp_path: Path) -> None:
     """--max-connections 1 and a batch wait of 3 s keep the first request in flight while

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from test_serve import KEY, REPO, running_server
+from test_serve import KEY, REPO, _post_all_at_once, running_server
 
 LIMITS = ["--max-idle-connections", "32", "--header-timeout", "2", "--body-timeout", "1",
           "--max-header-kb", "8", "--max-upload-mb", "2"]
@@ -317,20 +317,29 @@ def test_empty_key_is_an_error_not_auth_off(binary_run: Path, tmp_path: Path) ->
         assert "API key is empty" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_workers_get_a_key_digest_not_the_key(binary_run: Path, photo: bytes, tmp_path: Path) -> None:
-    """--workers 2 with the key in FACELAB_API_KEY: the workers get their settings as
-    FACELAB_<SETTING> variables (pydantic-settings) with the key as its salted digest; no
-    worker has the key in its environment, and both check it."""
+def test_workers_get_a_key_digest_not_the_key(binary_run: Path, celeba_wild: Path, tmp_path: Path) -> None:
+    """--workers 2 with the key in FACELAB_API_KEY: two server processes on one port, each
+    loading the model in its own lifespan from FACELAB_<SETTING> variables (pydantic-settings)
+    with the key as its salted digest; concurrent requests all get real answers, both
+    workers check the key, and no worker has the key in its environment."""
+    from facelab.images import read_image
+    from facelab.predict import load_predictor, predict_rgb
+
+    photos = sorted((celeba_wild / "img_celeba").glob("*.jpg"))[:6]
     os.environ["FACELAB_API_KEY"] = KEY
     try:
         with running_server([binary_run], tmp_path, "--workers", "2", "--max-batch", "7") as url:
-            ok = [_predict(url, photo).status_code for _ in range(6)]
+            responses = _post_all_at_once(url, photos, KEY)
             denied = [httpx.get(f"{url}/api/models").status_code for _ in range(6)]
             pids = _server_processes()
             environs = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in pids}
     finally:
         del os.environ["FACELAB_API_KEY"]
-    assert ok == [200] * 6 and denied == [401] * 6
+    predictor = load_predictor(binary_run)
+    for photo, r in zip(photos, responses):
+        assert r.status_code == 200, r.text
+        assert len(r.json()["faces"]) == len(predict_rgb(predictor, read_image(photo))) >= 1
+    assert denied == [401] * 6
     workers = [pid for pid, env in environs.items() if b"FACELAB_RUNS=" in env]
     assert len(workers) >= 2, list(environs)
     for pid in workers:
