@@ -52,7 +52,7 @@ class _Server:
         routes["/huge.png"] = ("image/png", _bomb_png(60000, 60000))
         routes["/flaky.jpg"] = ("image/jpeg", photos[3])
         redirects = {"/to-ftp.jpg": "ftp://127.0.0.1:1/photo.jpg", "/to-file.jpg": "file:///etc/passwd",
-                     "/to-photo.jpg": "/p/5.jpg"}
+                     "/to-photo.jpg": "/p/5.jpg", "/loop.jpg": "/loop.jpg"}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -205,12 +205,13 @@ def test_cli_collect(server: _Server, tmp_path: Path) -> None:
 
 def test_redirects_are_followed_to_http_only(server: _Server, tmp_path: Path) -> None:
     urls = _write_list(tmp_path / "urls.csv", server.base,
-                       [("/to-ftp.jpg", "a"), ("/to-file.jpg", "a"), ("/to-photo.jpg", "a")])
+                       [("/to-ftp.jpg", "a"), ("/to-file.jpg", "a"), ("/to-photo.jpg", "a"), ("/loop.jpg", "a")])
     got = _by_url(collect(urls, tmp_path / "out", progress=False, **FAST), server.base)
     assert got["/to-photo.jpg"][0] == "ok"
     assert got["/to-ftp.jpg"] == ("rejected", "HTTP 302 redirect to a non-http(s) address (ftp:), not followed")
-    assert got["/to-file.jpg"][0] == "rejected" and "not allowed" in got["/to-file.jpg"][1]  # urllib's own check
-    assert server.hits["/to-ftp.jpg"] == 1  # refused, not retried
+    assert got["/to-file.jpg"] == ("rejected", "HTTP 302 redirect to a non-http(s) address (file:), not followed")
+    assert got["/loop.jpg"] == ("rejected", "more than 10 redirects")
+    assert server.hits["/to-ftp.jpg"] == 1 and server.hits["/loop.jpg"] == 11  # refused, not retried
 
 
 def test_a_full_disk_stops_collect_marked_incomplete_and_it_resumes(
