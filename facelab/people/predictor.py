@@ -1,55 +1,47 @@
-"""The face-embed backend of ``facelab.load``: :class:`EmbeddingPredictor`."""
+"""The face-embed backend of ``facelab.load``: :class:`EmbeddingPredictor`, a
+:class:`~facelab.bundle.Predictor` whose crops also get an open-set name (one embedding
+pass for probabilities, names and distances)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from facelab.bundle import read_bundle
+from facelab.bundle import FacePrediction, Predictor, read_bundle
 from facelab.errors import BundleError
 from facelab.people.calibration import open_set_rule
 from facelab.people.config import BACKEND, UNKNOWN
 from facelab.people.gallery import Gallery
 from facelab.people.model import IdentityModel, _load_head
-from facelab.tasks import Task
-
-if TYPE_CHECKING:
-    from facelab.prepare import FacePipeline
 
 
-@dataclass
-class PersonPrediction:
+class PersonPrediction(FacePrediction):
     """One face in a photo: the detection, the probabilities over known people, the crop,
-    the decided name (``unknown`` beyond the threshold) and its nearest-photo distance."""
+    the decided name (``unknown`` beyond the threshold: :attr:`name`, the base's
+    ``identity``) and its open-set distance."""
 
-    face: Any
-    probs: np.ndarray
-    crop: np.ndarray
-    name: str = UNKNOWN
-    distance: float = float("nan")
+    def __init__(self, face: Any, probs: np.ndarray, crop: np.ndarray | None, name: str = UNKNOWN,
+                 distance: float = float("nan")) -> None:
+        super().__init__(face, probs, crop, identity=name, distance=float(distance))
 
     @property
     def known(self) -> bool:
         return self.name != UNKNOWN
 
 
-class EmbeddingPredictor:
+class EmbeddingPredictor(Predictor):
     """The ``face-embed`` backend of ``facelab.load``: same interface as the CNN predictor,
     plus :meth:`identify_crops` for open-set names."""
 
     backend = BACKEND
 
     def __init__(self, bundle_dir: Path, bundle: dict, model: IdentityModel) -> None:
-        self.bundle_dir = Path(bundle_dir)
-        self.bundle = bundle
+        super().__init__(bundle, Path(bundle_dir))
+        self.bundle_dir: Path = Path(bundle_dir)
         self.model = model
-        self.task = Task.from_dict(bundle["task"])
-        self.labels = list(self.task.labels)
         self.open_set = dict(bundle.get("open_set") or {})
         self.unknown_label = self.open_set.get("unknown_label", UNKNOWN)
-        self._pipeline: FacePipeline | None = None
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, bundle_dict: dict | None = None) -> "EmbeddingPredictor":
@@ -82,7 +74,7 @@ class EmbeddingPredictor:
     def decide_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str]]:
         """Aligned crops -> (probabilities (N, L), names) from ONE embedding pass; a name
         is ``unknown`` when the nearest enrolled photo is beyond the calibrated threshold.
-        predict and serve use this (when a predictor has it) for the open-set decision."""
+        (predict and serve use :meth:`classify_crops`, the same pass.)"""
         names, probs, _ = self.model.identify(self.embed_crops(crops))
         return probs, names
 
@@ -91,19 +83,18 @@ class EmbeddingPredictor:
         than the calibrated threshold."""
         return self.model.identify(self.embed_crops(crops))[0]
 
-    def predict_image(self, image: np.ndarray | str | Path) -> list[PersonPrediction]:
-        """A photo (RGB array or path) -> one prediction per face, through the bundle's
-        face preparation."""
-        from facelab.prepare import FacePipeline
+    def classify_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str | None], list[Any]]:
+        """Crops -> (probabilities, open-set names, no spread): what predict and serve use."""
+        names, probs, _ = self.model.identify(self.embed_crops(crops))
+        return probs, list(names), [None] * len(crops)
 
-        if self._pipeline is None:
-            self._pipeline = FacePipeline(self.bundle.get("prepare"))
-        faces = self._pipeline.process_image(image)
+    def predict_faces(self, faces: Sequence[Any]) -> list[FacePrediction]:
+        """Prepared faces -> one :class:`PersonPrediction` each (name and distance included)."""
         if not faces:
             return []
         names, probs, dist = self.model.identify(self.embed_crops([f.crop for f in faces]))
-        return [PersonPrediction(f.face, p, f.crop, n, float(d))
-                for f, p, n, d in zip(faces, probs, names, dist)]
+        return [PersonPrediction(f.face, p, f.crop, n, float(d)) for f, p, n, d in zip(faces, probs, names, dist)]
+
 
 def load(run: str | Path) -> EmbeddingPredictor:
     """The face-embed predictor of a run (or bundle) folder."""
