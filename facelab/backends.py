@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from facelab.bundle import Bundle, Predictor, TorchPredictor
+from facelab.bundle import Bundle, Predictor, TorchPredictor, bundle_dir_of
 from facelab.ensemble import is_ensemble, load_ensemble
 from facelab.errors import ConfigError
 from facelab.export import OnnxPredictor, cached_export
@@ -30,7 +30,7 @@ __all__ = ["BACKENDS", "CHOICES", "load", "backend_of"]
 log = logging.getLogger(__name__)
 
 #: bundle.json ``model.backend`` -> the predictor class that runs it.
-BACKENDS: dict[str, type] = {"torch": TorchPredictor, "onnx": OnnxPredictor, "face-embed": EmbeddingPredictor}
+BACKENDS: dict[str, Any] = {"torch": TorchPredictor, "onnx": OnnxPredictor, "face-embed": EmbeddingPredictor}
 #: What ``load(run, backend=...)`` accepts.
 CHOICES = ("torch", "onnx", "auto")
 
@@ -55,7 +55,7 @@ def load(run: str | Path, backend: str = "torch", **options: Any) -> Predictor:
             raise ConfigError(f"{info.dir}: could not export to ONNX (see the log); use --backend torch")
         options = _for_torch(options)
     _check_options(cls.from_bundle, options, f"{info.dir} ({info.model.backend} backend)")
-    return cls.from_bundle(info.dir, None, **options)
+    return cls.from_bundle(bundle_dir_of(run), None, **options)
 
 
 def backend_of(predictor: Any) -> str:

@@ -132,7 +132,8 @@ def _onnx_bytes(module: Any, size: int, opset: int) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad(), _exportable_pools():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(module, (example,), buf, input_names=["crops"], output_names=["probs"],
+        torch.onnx.export(module, (example,), buf,  # type: ignore[arg-type]  # a file object is fine
+                          input_names=["crops"], output_names=["probs"],
                           dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}}, opset_version=opset,
                           dynamo=False)
     return buf.getvalue()

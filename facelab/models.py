@@ -272,13 +272,14 @@ def load_backbone(model: nn.Module, source: dict, what: str) -> int:
 
 
 def _classifier_named_params(model: nn.Module) -> list[tuple[str, Any]]:
-    head = model.get_classifier()
+    head: nn.Module = model.get_classifier()  # type: ignore[operator]
     ids = {id(p) for p in head.state_dict(keep_vars=True).values()}
     return [(n, p) for n, p in model.state_dict(keep_vars=True).items() if id(p) in ids]
 
 
 def classifier_parameters(model: nn.Module) -> list[Any]:
-    return list(model.get_classifier().parameters())
+    head: nn.Module = model.get_classifier()  # type: ignore[operator]
+    return list(head.parameters())
 
 
 def backbone_parameters(model: nn.Module) -> list[Any]:

@@ -115,8 +115,10 @@ def expand_paths(inputs: Sequence[str | Path]) -> list[Path]:
     if not any(p.is_file() for p in found):
         raise NotFound(f"{', '.join(map(str, inputs))}: no photo to predict (no such file, or "
                                 "nothing with an image suffix)")
-    seen: set[Path] = set()
-    return [p for p in found if not (_key(p) in seen or seen.add(_key(p)))]
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(_key(p), p)
+    return list(unique.values())
 
 
 def _photos_in(folder: Path) -> list[Path]:
@@ -182,7 +184,7 @@ class PredictReport:
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat row per face (and one per photo without a face), for CSV and tables."""
-        out = []
+        out: list[dict[str, Any]] = []
         for p in self.photos:
             if not p.faces:
                 out.append({"path": p.path, "face": "", "status": p.status, "reason": p.reason})

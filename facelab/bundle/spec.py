@@ -59,7 +59,7 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
         """The ``input`` entry of ``bundle.json``."""
-        return cls(int(d["size"]), tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std)))  # type: ignore[arg-type]
+        return cls(int(d["size"]), tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}

@@ -35,13 +35,14 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the CLI boundary
         code = getattr(exc, "exit_code", None)  # click's, or the copy typer ships (typer._click)
-        if isinstance(code, int) and callable(getattr(exc, "show", None)):
-            exc.show()  # a usage error: "No such option: --bogus"
+        show = getattr(exc, "show", None)
+        if isinstance(code, int) and callable(show):
+            show()  # a usage error: "No such option: --bogus"
             sys.exit(code)
         if isinstance(code, int) and type(exc).__name__ == "Exit":
             sys.exit(code)
         if is_disk_full(exc):
-            message = exc if isinstance(exc, DiskFullError) else DiskFullError(exc.filename or "?")
+            message = exc if isinstance(exc, DiskFullError) else DiskFullError(getattr(exc, "filename", None) or "?")
             typer.echo(f"facelab: error: {message}", err=True)
             sys.exit(EXIT_DISK_FULL)
         from facelab.prepare import WorkerError
