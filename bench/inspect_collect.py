@@ -11,7 +11,11 @@ One run measures:
 * ``facelab.inspect`` wall time and images/s on celeba-mini (default checks) and ORL;
 * ``facelab.collect`` URLs/s from a local server that answers after 50 ms, 1 vs 8 workers.
 
+``--imagehash`` instead compares facelab._phash with the imagehash package (the reason
+_phash.py stays: see its docstring).
+
     .venv/bin/python bench/inspect_collect.py   # table + bench/results/inspect.json
+    .venv/bin/python bench/inspect_collect.py --imagehash
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -145,10 +150,66 @@ def bench_collect(n_urls: int = 120, latency: float = 0.05) -> list[dict]:
     return rows
 
 
+def _imagehash_hashes(rgb: np.ndarray) -> tuple[int, int]:
+    """phash and dhash of the imagehash package, as facelab._phash's 64-bit ints."""
+    import imagehash
+
+    from facelab._phash import _bits_to_int
+
+    img = Image.fromarray(np.ascontiguousarray(rgb[..., :3]) if rgb.ndim == 3 else rgb)
+    return _bits_to_int(imagehash.phash(img).hash), _bits_to_int(imagehash.dhash(img).hash)
+
+
+def _imagehash_fingerprint(rgb: np.ndarray) -> Any:
+    """facelab._phash's Fingerprint with the two hashes computed by the imagehash package."""
+    from facelab._phash import THUMB, Fingerprint, _grey
+
+    return Fingerprint(*_imagehash_hashes(rgb), _grey(rgb, (THUMB, THUMB)).astype(np.uint8))
+
+
+def bench_imagehash() -> list[dict]:
+    """facelab._phash against the imagehash package (same rule: hash <= 10, then the thumbnail
+    check): pairs among the originals, copies matched per edit, milliseconds per photo."""
+    from facelab._phash import dhash, phash
+
+    celeba, orl = load_source(DATA / "celeba-mini"), load_source(DATA / "orl-faces")
+    originals = [Image.open(p).convert("RGB") for p in celeba.paths]
+    sets = {"celeba-mini": [np.asarray(im) for im in originals],
+            "orl-faces": [np.asarray(Image.open(p).convert("RGB")) for p in orl.paths]}
+    ours = {"hashes": lambda r: (phash(r), dhash(r)), "fingerprint": fingerprint}
+    theirs = {"hashes": _imagehash_hashes, "fingerprint": _imagehash_fingerprint}
+    picked = list(range(0, 900, 3))
+    rows = []
+    for name, impl in (("facelab._phash", ours), ("imagehash", theirs)):
+        for set_name, rgbs in sets.items():
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for r in rgbs:
+                    impl["hashes"](r)
+                best = min(best, time.perf_counter() - t0)
+            fps = [impl["fingerprint"](r) for r in rgbs]
+            rows.append({"hashes": name, "set": set_name, "ms_per_photo": 1e3 * best / len(rgbs),
+                         "pairs_among_originals": sorted(_pairs(fps, True))})
+            if set_name == "celeba-mini":
+                for edit_name, edit in EDITS.items():
+                    copies = [impl["fingerprint"](np.asarray(edit(originals[i]))) for i in picked]
+                    found = _pairs([fps[i] for i in picked] + copies, True)
+                    rows.append({"hashes": name, "set": set_name, "edit": edit_name,
+                                 "matched": sum((k, k + len(picked)) in found for k in range(len(picked)))})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "inspect.json"))
+    parser.add_argument("--imagehash", action="store_true",
+                        help="only compare facelab._phash with the imagehash package (pip install imagehash)")
     args = parser.parse_args()
+    if args.imagehash:
+        for r in bench_imagehash():
+            print(r)
+        return
     dup, ins, col = bench_duplicates(), bench_inspect(), bench_collect()
     print("\nnear-duplicate detection (300 celeba-mini photos per edit)")
     print(f"{'rule':<24} {'set':<12} {'edit':<38} {'matched':>8} {'recall':>7}")

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from facelab import _html
+from facelab import _html, templates
 from facelab._io import write_bytes
 from facelab.data import SPLITS, SampleTable
 from facelab.inspect.checks import groups_of_rows
@@ -110,19 +110,6 @@ def _identity_grid(table: SampleTable, crossing: Sequence[str], max_people: int 
     return _grid_png(table, rows, caps, cols=6) if rows else None
 
 
-def _findings_html(findings: Sequence[Finding]) -> str:
-    if not any(f.severity != "info" for f in findings):
-        return "<div class='ok'>No problems found.</div>"
-    parts = []
-    for f in sorted(findings, key=lambda f: SEVERITIES.index(f.severity)):
-        files = "".join(f"<li>{_html.escape(x)}</li>" for x in f.files[:30])
-        more = f"<li>... and {len(f.files) - 30} more (report.json)</li>" if len(f.files) > 30 else ""
-        parts.append(f"<div class='warn'><b>{_html.escape(f.severity.upper())} [{_html.escape(f.check)}]</b> "
-                     f"{_html.escape(f.message)}<br><i>Fix:</i> {_html.escape(f.fix)}"
-                     f"{'<ul>' + files + more + '</ul>' if files else ''}</div>")
-    return "".join(parts)
-
-
 def make_plots(table: SampleTable, stats: Sequence[ImageStats | None], counts: dict, out: Path) -> dict[str, bytes]:
     plots: dict[str, bytes] = {}
     names = list(table.label_names)
@@ -154,39 +141,25 @@ def make_plots(table: SampleTable, stats: Sequence[ImageStats | None], counts: d
 
 
 def write_html(out: Path, table: SampleTable, cfg: InspectConfig, findings: list[Finding], summary: dict,
-                plots: dict[str, bytes], dups: list, errors: dict[int, str], identity: dict) -> Path:
-    sections = [("Findings", _findings_html(findings))]
-    count_rows = [(n, *[summary["counts"]["per_split"][s][n] for s in summary["counts"]["per_split"]],
-                   summary["counts"]["total"][n]) for n in table.label_names]
-    sections.append(("Counts", _html.table(count_rows, ["label", *summary["counts"]["per_split"], "total"])
-                     + "".join(_html.img_tag(plots[p], p) for p in ("counts.png", "attributes.png") if p in plots)))
-    if "identities.png" in plots:
-        sections.append(("People", f"<p>{identity['identities']} people; photos per person: "
-                                   f"{_html.escape(identity['photos_per_identity'])}</p>"
-                         + _html.img_tag(plots["identities.png"], "photos per person")))
-        grid = _identity_grid(table, identity["crossing"])
-        if grid:
-            sections.append(("Same person in several splits", _html.img_tag(grid, "identity leakage")))
-    if dups:
-        sections.append(("Duplicates (leaks across splits first)", _html.img_tag(_dup_grid(table, dups), "duplicates")))
+               plots: dict[str, bytes], dups: list, errors: dict[int, str], identity: dict) -> Path:
+    """report.html (templates/inspect_report.html): the rows and pictures are made here."""
+    per_split = summary["counts"]["per_split"]
     props = summary["image_properties"]
-    prop_rows = [(n, *[v[p] for p in PROPERTIES], ", ".join(f"{k}: {c}" for k, c in v["formats"].items()))
-                 for n, v in props.items()]
-    sections.append(("Image properties per label", _html.table(prop_rows, ["label", *PROPERTIES, "formats"])
-                     + (_html.img_tag(plots["properties.png"], "properties") if "properties.png" in plots else "")))
     suspects = [i for f in findings if f.check == "label-error" for i in f.rows][:32]
-    if suspects:
-        sections.append(("Suspected label errors", _html.img_tag(
-            _grid_png(table, suspects, [f"labelled {table.label_text(i)}" for i in suspects]), "label errors")))
-    if errors:
-        sections.append(("Unreadable files", _html.table([(str(table.paths[i]), r) for i, r in errors.items()],
-                                                         ["file", "reason"])))
-    if summary["faces"]:
-        statuses = sorted({s for c in summary["faces"].values() for s in c})
-        sections.append(("Face detection per label", _html.table(
-            [(n, *[c.get(s, 0) for s in statuses]) for n, c in summary["faces"].items()], ["label", *statuses])))
-    for name, png in _sample_grids(table, cfg, errors):
-        sections.append((f"Samples: {name}", _html.img_tag(png, name)))
-    intro = (f"<p class='muted'>{_html.escape(table.root)} ({table.source}, {len(table)} photos, "
-             f"{len(table.label_names)} {table.kind})</p>")
-    return _html.write_page(out / "report.html", "facelab inspect", sections, intro)
+    statuses = sorted({s for c in summary["faces"].values() for s in c})
+    return templates.write(
+        out / "report.html", "inspect_report.html", title="facelab inspect", root=table.root, source=table.source,
+        n_photos=len(table), n_labels=len(table.label_names), kind=table.kind, plots=plots, identity=identity,
+        findings=[] if not any(f.severity != "info" for f in findings)
+        else sorted(findings, key=lambda f: SEVERITIES.index(f.severity)),
+        splits=list(per_split), properties=list(PROPERTIES), face_statuses=statuses,
+        count_rows=[(n, *[per_split[s][n] for s in per_split], summary["counts"]["total"][n]) for n in table.label_names],
+        identity_grid=_identity_grid(table, identity["crossing"]) if "identities.png" in plots else None,
+        dup_grid=_dup_grid(table, dups) if dups else None,
+        prop_rows=[(n, *[v[p] for p in PROPERTIES], ", ".join(f"{k}: {c}" for k, c in v["formats"].items()))
+                   for n, v in props.items()],
+        suspects_grid=_grid_png(table, suspects, [f"labelled {table.label_text(i)}" for i in suspects]) if suspects
+        else None,
+        unreadable=[(str(table.paths[i]), r) for i, r in errors.items()],
+        face_rows=[(n, *[c.get(s, 0) for s in statuses]) for n, c in summary["faces"].items()],
+        samples=_sample_grids(table, cfg, errors))
