@@ -3,7 +3,8 @@
 Like fastai, the geometric part (flip, rotate, zoom, perspective warp) is ONE resampling
 per image through a combined sampling grid, and lighting (brightness + contrast) is a
 cheap per-image affine change of the pixel values, so augmenting a batch costs about as
-much as one ``grid_sample``. It runs on whatever device the batch is on.
+much as one ``grid_sample``. It runs on whatever device the batch is on; the random
+numbers come from a CPU generator in one draw, so results do not depend on the device.
 """
 from __future__ import annotations
 
@@ -71,34 +72,48 @@ def get_preset(name: str, **overrides: Any) -> AugmentConfig:
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (torch.rand(n, generator=g) * (hi - lo) + lo).to(device)
+#: Random numbers drawn per image: affine on, angle, zoom, flip, shift x, shift y, warp x,
+#: warp y, lighting on, brightness, contrast.
+DRAWS = 11
 
 
-def _apply_mask(n: int, p: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (torch.rand(n, generator=g) < p).to(device)
+def draw(n: int, g: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n, :data:`DRAWS`) uniform [0, 1) numbers from the CPU generator ``g``, moved to
+    ``device`` in ONE copy (pinned, non-blocking on a GPU): the same seed gives the same
+    augmentation on any device, and augmenting a GPU batch never makes the host wait for
+    the GPU (a copy per parameter from pageable memory would, eleven times a batch)."""
+    u = torch.rand((n, DRAWS), generator=g)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return u.pin_memory().to(device, non_blocking=True)
+    return u.to(device)
 
 
-def sampling_grid(n: int, h: int, w: int, cfg: AugmentConfig, g: torch.Generator,
-                  device: torch.device) -> torch.Tensor:
-    """One (n, h, w, 2) grid combining flip, rotation, zoom and perspective warp."""
-    on = _apply_mask(n, cfg.p_affine, g, device).float()
-    angle = _uniform(n, -cfg.max_rotate, cfg.max_rotate, g, device) * math.pi / 180 * on
-    scale = 1.0 / (1 + (_uniform(n, 1.0, cfg.max_zoom, g, device) - 1) * on)
-    flip = torch.where(_apply_mask(n, 0.5 if cfg.flip else 0.0, g, device), -1.0, 1.0)
+def _between(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return u * (hi - lo) + lo
+
+
+def sampling_grid(n: int, h: int, w: int, cfg: AugmentConfig, u: torch.Tensor) -> torch.Tensor:
+    """One (n, h, w, 2) grid combining flip, rotation, zoom and perspective warp, from the
+    draws ``u`` (:func:`draw`, on the batch's device)."""
+    device = u.device
+    on = (u[:, 0] < cfg.p_affine).float()
+    angle = _between(u[:, 1], -cfg.max_rotate, cfg.max_rotate) * math.pi / 180 * on
+    scale = 1.0 / (1 + (_between(u[:, 2], 1.0, cfg.max_zoom) - 1) * on)
+    flip = torch.where(u[:, 3] < (0.5 if cfg.flip else 0.0), -1.0, 1.0)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.zeros(n, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
     # a zoomed-in view may look anywhere inside the image
     slack = 1 - scale
-    theta[:, 0, 2] = _uniform(n, -1, 1, g, device) * slack
-    theta[:, 1, 2] = _uniform(n, -1, 1, g, device) * slack
+    theta[:, 0, 2] = _between(u[:, 4], -1, 1) * slack
+    theta[:, 1, 2] = _between(u[:, 5], -1, 1) * slack
     grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
     if cfg.max_warp > 0:
         # perspective: divide by a plane tilted in x and y (a projective transform)
-        px = _uniform(n, -cfg.max_warp, cfg.max_warp, g, device) * on * 0.5
-        py = _uniform(n, -cfg.max_warp, cfg.max_warp, g, device) * on * 0.5
+        px = _between(u[:, 6], -cfg.max_warp, cfg.max_warp) * on * 0.5
+        py = _between(u[:, 7], -cfg.max_warp, cfg.max_warp) * on * 0.5
         base = F.affine_grid(torch.eye(2, 3, device=device).expand(n, 2, 3), [n, 3, h, w], align_corners=False)
         denom = 1 + px.view(n, 1, 1) * base[..., 0] + py.view(n, 1, 1) * base[..., 1]
         grid = grid / denom.unsqueeze(-1)
@@ -106,22 +121,26 @@ def sampling_grid(n: int, h: int, w: int, cfg: AugmentConfig, g: torch.Generator
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (N, 3, H, W) with values in [0, 1]; returns the same shape.
+    """Augment a float batch (N, 3, H, W) with values in [0, 1], on the batch's device;
+    returns the same shape.
 
-    ``g`` is a CPU generator: the same seed gives the same augmentations on any device.
+    ``g`` is a CPU generator: its numbers are drawn on the CPU and moved in one copy
+    (:func:`draw`), so the same seed gives the same augmentations on any device and a GPU
+    batch is augmented without the host waiting for the GPU.
     """
     if not cfg.active:
         return x
     n, _, h, w = x.shape
-    grid = sampling_grid(n, h, w, cfg, g, x.device).to(x.dtype)
+    u = draw(n, g, x.device)
+    grid = sampling_grid(n, h, w, cfg, u).to(x.dtype)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if cfg.max_lighting > 0 and cfg.p_lighting > 0:
-        on = _apply_mask(n, cfg.p_lighting, g, x.device).to(x.dtype).view(n, 1, 1, 1)
-        bright = _uniform(n, -cfg.max_lighting, cfg.max_lighting, g, x.device).to(x.dtype).view(n, 1, 1, 1) * 0.5
-        contrast = torch.exp(_uniform(n, -cfg.max_lighting, cfg.max_lighting, g, x.device)).to(x.dtype)
+        on = (u[:, 8] < cfg.p_lighting).view(n, 1, 1, 1)
+        bright = _between(u[:, 9], -cfg.max_lighting, cfg.max_lighting).to(x.dtype).view(n, 1, 1, 1) * 0.5
+        contrast = torch.exp(_between(u[:, 10], -cfg.max_lighting, cfg.max_lighting)).to(x.dtype).view(n, 1, 1, 1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        lit = (x - mean) * contrast.view(n, 1, 1, 1) + mean + bright
-        x = torch.where(on.bool(), lit, x).clamp_(0, 1)
+        lit = (x - mean) * contrast + mean + bright
+        x = torch.where(on, lit, x).clamp_(0, 1)
     return x
 
 

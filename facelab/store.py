@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from facelab._io import atomic_path, write_json
+from facelab.errors import DataError
 
 if TYPE_CHECKING:
     import torch
@@ -135,19 +136,25 @@ class CropStore:
     """Reads rows of a built store: ``store.read(rows) -> uint8 (len(rows), size, size, 3)``.
 
     File descriptors open lazily per process, so a store made in the main process works in
-    DataLoader worker processes too (``os.preadv`` does not move a shared file offset)."""
+    DataLoader worker processes too (``os.preadv`` does not move a shared file offset).
 
-    def __init__(self, spec: StoreSpec) -> None:
+    With ``pin_memory`` (training on a GPU) :meth:`tensor` reads straight into page-locked
+    memory, so the batch goes to the GPU in one asynchronous copy with no staging copy
+    first; only in the process that opened the store: a forked DataLoader worker must not
+    touch CUDA (the loader pins its batches in the main process instead)."""
+
+    def __init__(self, spec: StoreSpec, pin_memory: bool = False) -> None:
         self.spec = spec
+        self.pin_memory = pin_memory
         self.row_bytes = spec.size * spec.size * 3
         self._fds: dict[int, tuple[int, int]] = {}
-        self._pid = os.getpid()
+        self._pid = self._owner = os.getpid()
 
     def __len__(self) -> int:
         return self.spec.rows
 
     def __getstate__(self) -> dict:
-        return {"spec": self.spec}
+        return {"spec": self.spec}  # a spawned worker reads unpinned (see the class docstring)
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["spec"])  # type: ignore[misc]
@@ -164,22 +171,38 @@ class CropStore:
                 offset = f.tell()
             want = (len(self.spec.shard_range(s)), self.spec.size, self.spec.size, 3)
             if tuple(shape) != want or fortran or dtype != np.uint8:
-                raise ValueError(f"{path}: holds {dtype} {shape}, expected uint8 {want}; delete the folder "
+                raise DataError(f"{path}: holds {dtype} {shape}, expected uint8 {want}; delete the folder "
                                  f"{self.spec.root} to rebuild it")
             self._fds[s] = (os.open(path, os.O_RDONLY), offset)
         return self._fds[s]
 
-    def read(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    def read(self, rows: np.ndarray | Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """The crops of ``rows`` (any order, repeats allowed), into ``out`` when given."""
         rows = np.asarray(rows, np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.spec.rows):
             raise IndexError(f"row out of range 0..{self.spec.rows - 1}")
-        out = np.empty((len(rows), self.spec.size, self.spec.size, 3), np.uint8)
+        shape = (len(rows), self.spec.size, self.spec.size, 3)
+        if out is None:
+            out = np.empty(shape, np.uint8)
+        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}, got {out.dtype} {out.shape}")
         flat = out.reshape(len(rows), -1)
         for i in np.argsort(rows, kind="stable"):  # forward through each file
             s, r = divmod(int(rows[i]), self.spec.shard_rows)
             fd, offset = self._open(s)
             if os.preadv(fd, [flat[i]], offset + r * self.row_bytes) != self.row_bytes:
                 raise OSError(f"{self.spec.shard_path(s)}: short read at row {r}; delete {self.spec.root} to rebuild it")
+        return out
+
+    def tensor(self, rows: np.ndarray | Sequence[int]) -> "torch.Tensor":
+        """:meth:`read` as a uint8 tensor, page-locked when ``pin_memory`` is set and this
+        is the process that opened the store."""
+        import torch
+
+        rows = np.atleast_1d(np.asarray(rows, np.int64))
+        pin = self.pin_memory and os.getpid() == self._owner
+        out = torch.empty((len(rows), self.spec.size, self.spec.size, 3), dtype=torch.uint8, pin_memory=pin)
+        self.read(rows, out.numpy())
         return out
 
     def __getitem__(self, rows: object) -> "torch.Tensor":
@@ -190,7 +213,7 @@ class CropStore:
             idx = np.arange(*rows.indices(self.spec.rows))
         else:
             idx = rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-        return torch.from_numpy(self.read(np.atleast_1d(idx)))
+        return self.tensor(idx)
 
     def close(self) -> None:
         for fd, _ in self._fds.values():

@@ -32,6 +32,9 @@ def test_store_reads_exactly_the_in_memory_crops(celeba_mini: Path, tmp_path: Pa
     assert np.array_equal(store.read(rows), expected[rows])
     assert torch.equal(store[torch.tensor([3, 20])], torch.from_numpy(expected[[3, 20]]))
     assert torch.equal(store[32:40], torch.from_numpy(expected[32:40]))
+    out = np.zeros((len(rows), 48, 48, 3), np.uint8)
+    assert store.read(rows, out) is out and np.array_equal(out, expected[rows])
+    assert torch.equal(store.tensor(rows), torch.from_numpy(expected[rows])) and not store.tensor(rows).is_pinned()
     with pytest.raises(IndexError):
         store.read([40])
     # a killed build resumes: only the missing shard is written again, with the same bytes

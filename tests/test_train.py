@@ -264,3 +264,91 @@ def test_weighted_attributes_decide_at_compensated_thresholds(celeba_run: Path) 
     assert "Eyeglasses" in cfg["resolved"]["imbalance"]  # ~6 % positives in celeba-mini
     assert thresholds["Eyeglasses"] > 0.6
     assert thresholds["Smiling"] == 0.5 and thresholds["Male"] == 0.5
+
+
+def test_bf16_autocast_on_a_cpu_trains_and_the_loss_falls(orl_faces: Path, tmp_path: Path) -> None:
+    """The GPU path's mixed precision, run where it can be: bf16 autocast on a CPU."""
+    import torch
+
+    from facelab.train import train
+
+    threads = torch.get_num_threads()
+    try:
+        run = train(orl_faces, model="lenet5", image_size=32, epochs=4, batch_size=16, max_batches=10, lr=5e-3,
+                    amp=True, device="cpu", threads=1, augment="none", progress=False, tensorboard=False,
+                    out=str(tmp_path), name="bf16")
+    finally:
+        torch.set_num_threads(threads)
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["amp"] == "torch.bfloat16" and resolved["device"] == "cpu"
+    losses = [float(r["train_loss"]) for r in _rows(run)]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+
+
+def test_augmentation_draws_its_numbers_once_on_the_cpu(celeba_mini: Path) -> None:
+    """One (N, DRAWS) draw from the CPU generator per batch: the same seed gives the same
+    augmentation on any device, and a GPU batch costs one copy of its parameters."""
+    import torch
+
+    from facelab.augment import DRAWS, augment_batch, draw, get_preset
+
+    x = torch.rand(5, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    augment_batch(x, get_preset("strong"), g)
+    ref = torch.Generator().manual_seed(3)
+    torch.rand((5, DRAWS), generator=ref)
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=ref))  # nothing else was drawn
+    assert draw(5, torch.Generator().manual_seed(1)).shape == (5, DRAWS)
+
+
+def test_trainers_are_a_registry() -> None:
+    from facelab.errors import ConfigError
+    from facelab.train import TRAINERS, get_trainer, train_classifier
+
+    assert set(TRAINERS) == {"classifier", "face-embed"}
+    assert get_trainer("classifier") is train_classifier
+    assert get_trainer("face-embed").__name__ == "train_face_embed"
+    with pytest.raises(ConfigError, match="unknown trainer 'svm'; valid: classifier, face-embed"):
+        get_trainer("svm")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_cuda_path_amp_pinned_copies_and_device_augmentation(orl_faces: Path, tmp_path: Path) -> None:
+    """--device cuda: AMP (bf16 where the GPU has it, else fp16 + GradScaler), channels_last,
+    pinned non-blocking copies from memory and from a crop store, augmentation on the device
+    without host syncs and equal to the CPU's for the same seed."""
+    import torch
+
+    from facelab.augment import augment_batch, get_preset
+    from facelab.bundle.spec import InputSpec
+    from facelab.train import Runtime, train
+    from facelab.train.runtime import amp_dtype
+
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cfg = get_preset("strong")
+    cpu = augment_batch(x, cfg, torch.Generator().manual_seed(5))
+    gpu = augment_batch(x.cuda(), cfg, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-3, rtol=0)
+    rt = Runtime(torch.device("cuda"), InputSpec(32), torch.bfloat16, True)
+    xb = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    torch.cuda.set_sync_debug_mode("error")  # any host<->device synchronisation raises
+    try:
+        batch = rt.to_input(rt.gather(xb, torch.arange(8)), cfg, torch.Generator().manual_seed(5))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert batch.is_cuda and batch.is_contiguous(memory_format=torch.channels_last)
+    for loader, workers in (("memory", None), ("stream", 0), ("stream", 2)):
+        run = train(orl_faces, model="lenet5", image_size=32, epochs=3, batch_size=32, lr=5e-3, device="cuda",
+                    loader=loader, loader_workers=workers, shard_rows=64, progress=False, tensorboard=False,
+                    out=str(tmp_path), name=f"cuda-{loader}-{workers}")
+        resolved = json.loads((run / "config.json").read_text())["resolved"]
+        assert resolved["device"].startswith("cuda") and resolved["amp"] == str(amp_dtype(torch.device("cuda")))
+        losses = [float(r["train_loss"]) for r in _rows(run)]
+        assert all(np.isfinite(losses)) and losses[-1] < losses[0], (loader, losses)
+        assert B.load(run).predict_crops([np.full((32, 32, 3), 128, np.uint8)]).shape == (1, 40)

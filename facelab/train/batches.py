@@ -61,7 +61,7 @@ def epoch_inputs(data: Data, batches: list[torch.Tensor], rt: Runtime, augment: 
     (after a pinned, non-blocking copy)."""
     if isinstance(data.train_x, torch.Tensor):
         for idx in batches:
-            yield rt.to_input(data.train_x[idx], augment, g)
+            yield rt.to_input(rt.gather(data.train_x, idx), augment, g)
         return
     from torch.utils.data import DataLoader
 
@@ -88,7 +88,7 @@ class StreamBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, b: int) -> torch.Tensor:
-        x = torch.from_numpy(self.store.read(self.batches[b].numpy()))
+        x = self.store.tensor(self.batches[b].numpy())
         if self.augment is None:
             return x
         g = torch.Generator().manual_seed(self.seed + b)

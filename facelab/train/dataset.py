@@ -172,7 +172,8 @@ def open_stores(table: SampleTable, train_rows: np.ndarray, valid_rows: np.ndarr
         own = S.rank_rows(specs["train"], rank, world)
         part_rows = min(len(S.rank_rows(specs["train"], r, world)) for r in range(world))
     workers = 2 if config.loader_workers is None else config.loader_workers
-    return Stores(S.CropStore(specs["train"]), S.CropStore(specs["valid"]), workers, own, part_rows)
+    pin = rt is not None and rt.cuda  # read straight into page-locked memory for the copy to the GPU
+    return Stores(S.CropStore(specs["train"], pin), S.CropStore(specs["valid"], pin), workers, own, part_rows)
 
 
 def group_people(table: SampleTable, task: Task, prep: dict | None,

@@ -145,7 +145,7 @@ def train_one_epoch(loop: Loop, batches: list[torch.Tensor], g: torch.Generator,
     total = torch.zeros((), dtype=torch.float32 if rt.device.type == "mps" else torch.float64, device=rt.device)
     seen = 0
     for step, (idx, x) in enumerate(zip(batches, epoch_inputs(data, batches, rt, loop.augment, g))):
-        y = rt.to_device(data.task.target(data.train_y[idx]))
+        y = data.task.target(rt.to_device(rt.gather(data.train_y, idx)))
         with rt.autocast():
             loss = loop.loss_fn(loop.net(x).float(), y)
         opt.zero_grad(set_to_none=True)

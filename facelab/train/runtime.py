@@ -57,6 +57,14 @@ class Runtime:
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
+    def gather(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``x[idx]`` of a host tensor; on CUDA gathered straight into page-locked memory
+        (one copy, then :meth:`to_device` sends it without another)."""
+        if not self.cuda or x.device.type != "cpu":
+            return x[idx]
+        out = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, pin_memory=True)
+        return torch.index_select(x, 0, idx, out=out)
+
     def to_input(self, xb: torch.Tensor, augment: AugmentConfig | None = None,
                  g: torch.Generator | None = None) -> torch.Tensor:
         """uint8 NHWC batch -> the model's input on the device: to_unit -> augment (if
