@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from facelab.errors import ConfigError, DataError
 from facelab.tasks import Task
 
 THRESHOLD_METRICS = ("balanced_accuracy", "accuracy", "f1")
@@ -116,7 +117,7 @@ def tune_threshold(y_true: np.ndarray, score: np.ndarray, metric: str = "balance
     the candidate closest to 0.5, so a flat metric keeps the default threshold.
     """
     if metric not in THRESHOLD_METRICS:
-        raise ValueError(f"unknown threshold metric {metric!r}; valid: {', '.join(THRESHOLD_METRICS)}")
+        raise ConfigError(f"unknown threshold metric {metric!r}; valid: {', '.join(THRESHOLD_METRICS)}")
     y = np.asarray(y_true).astype(np.int64)
     s = np.asarray(score, np.float64)
     if len(np.unique(y)) < 2:
@@ -223,7 +224,7 @@ def _check_shapes(task: Task, probs: np.ndarray, targets: np.ndarray) -> None:
     if len(targets) != len(probs):
         raise ValueError(f"{len(probs)} predictions but {len(targets)} targets")
     if len(probs) == 0:
-        raise ValueError("no predictions to evaluate (the data set is empty)")
+        raise DataError("no predictions to evaluate (the data set is empty)")
     if task.kind == "multilabel" and targets.shape != probs.shape:
         raise ValueError(f"multilabel targets must have shape {probs.shape}, got {targets.shape}")
 

@@ -22,7 +22,7 @@ def groups_of_rows(table: SampleTable) -> dict[str, np.ndarray]:
 def check_counts(table: SampleTable, cfg: InspectConfig) -> tuple[list[Finding], dict]:
     """Counts per label and split; imbalance, rare attributes, classes missing from a split."""
     findings: list[Finding] = []
-    splits = [s for s in SPLITS if s in table.splits] or [None]
+    splits: list[str | None] = [s for s in SPLITS if s in table.splits] or [None]
     counts = {str(s): {n: int(m[np.array([x == s for x in table.splits])].sum())
                        for n, m in groups_of_rows(table).items()} for s in splits}
     total = {n: int(m.sum()) for n, m in groups_of_rows(table).items()}
@@ -30,7 +30,7 @@ def check_counts(table: SampleTable, cfg: InspectConfig) -> tuple[list[Finding],
         findings.append(Finding("single-class", "error", f"only one class ({table.label_names[0]!r}): "
                                 f"a classifier needs at least two", "add a folder of photos for each other class"))
     elif table.kind == "classes":
-        big, small = max(total, key=total.get), min(total, key=total.get)
+        big, small = max(total, key=lambda n: total[n]), min(total, key=lambda n: total[n])
         ratio = total[big] / max(1, total[small])
         if ratio >= cfg.imbalance_ratio:
             findings.append(Finding(

@@ -75,7 +75,7 @@ def inspect(data: str | Path | SampleTable, out: str | Path, config: InspectConf
 def _summary(table: SampleTable, stats: Sequence[ImageStats | None], errors: dict[int, str], counts: dict,
              identity: dict, shortcut_aucs: dict, faces: dict, dups: list) -> dict[str, Any]:
     good = [s for s in stats if s is not None]
-    per_label = {}
+    per_label: dict[str, dict[str, Any]] = {}
     for name, mask in groups_of_rows(table).items():
         sel = [s for s, m in zip(stats, mask) if m and s is not None]
         if sel:

@@ -14,15 +14,15 @@ from facelab.inspect.config import Finding, ImageStats, InspectConfig
 
 def duplicate_groups(stats: Sequence[ImageStats | None], cfg: InspectConfig) -> list[tuple[list[int], str]]:
     """Groups of row indices showing the same picture, each with ``"exact"`` or ``"near"``."""
-    ok = [i for i, s in enumerate(stats) if s is not None]
+    ok = {i: s for i, s in enumerate(stats) if s is not None}
     by_sha: dict[str, list[int]] = defaultdict(list)
-    for i in ok:
-        by_sha[stats[i].sha256].append(i)
+    for i, s in ok.items():
+        by_sha[s.sha256].append(i)
     exact = [g for g in by_sha.values() if len(g) > 1]
     # Near-identical pictures among one representative per exact group. A flat picture (one
     # colour, no detail) hashes like every other flat picture: only its exact copies count.
-    reps = [g[0] for g in by_sha.values() if not _flat(stats[g[0]])]
-    pairs = near_pairs([stats[i].fp for i in reps], cfg.hash_threshold, cfg.diff_threshold)
+    reps = [g[0] for g in by_sha.values() if not _flat(ok[g[0]])]
+    pairs = near_pairs([ok[i].fp for i in reps], cfg.hash_threshold, cfg.diff_threshold)
     rep_of = {g[0]: g for g in by_sha.values()}
     out: list[tuple[list[int], str]] = []
     near_members: set[int] = set()
@@ -45,7 +45,9 @@ def _flat(s: ImageStats) -> bool:
 
 def check_duplicates(table: SampleTable, dups: list[tuple[list[int], str]]) -> list[Finding]:
     findings: list[Finding] = []
-    leaks, conflicts, plain = [], [], []
+    leaks: list[tuple[list[int], str]] = []
+    conflicts: list[tuple[list[int], str]] = []
+    plain: list[tuple[list[int], str]] = []
     for rows, how in dups:
         splits = {table.splits[i] for i in rows} - {None}
         labels = {table.label_text(i) for i in rows}
