@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facelab._html import escape, image_grid, img_tag, table as html_table, write_page
+from facelab import templates
+from facelab._html import image_grid
 from facelab._io import write_bytes, write_text
 from facelab.data import SampleTable
 from facelab.images import ImageError, decode_image, read_image
@@ -107,19 +108,13 @@ def _smallest_detections(results: list[FileResult], n: int = 12) -> list[tuple[s
 
 
 def write_html(path: Path, report: PrepareReport, config: PrepareConfig, table: SampleTable) -> Path:
-    counts = [(k, report.counts.get(k, 0)) for k in (*STATUSES, "kept_from_several", "cached")]
-    rejects = [(r.path, r.status, r.reason) for r in report.results if r.status != "kept"]
-    sections = [("Counts", html_table(counts, ["status", "photos"])),
-                ("Config", html_table(sorted(config.to_dict().items()), ["option", "value"]))]
-    if report.grid_path:
-        sections.append(("Originals and crops (rejects first)", img_tag(report.grid_path.read_bytes(), "grid")))
-    sections.append((f"Rejected photos ({len(rejects)})",
-                     html_table(rejects, ["file", "status", "reason"]) if rejects else "<p class='ok'>none</p>"))
-    smallest = _smallest_detections(report.results)
-    if smallest:
-        sections.append(("Smallest detections (check these first: a false face is usually small; "
-                         "every box is in report.csv)", html_table(smallest, ["file", "box width", "box height",
-                                                                              "score"])))
-    intro = (f"<p>Source <code>{escape(table.root)}</code> ({table.source}), output "
-             f"<code>{escape(report.out)}</code>. {escape(report.summary())}</p>")
-    return write_page(path, "facelab prepare report", sections, intro)
+    """report.html (``facelab/templates/prepare_report.html``, autoescaped): counts, config,
+    the grid, every rejected photo and the smallest detections."""
+    return templates.write(
+        path, "prepare_report.html", title="facelab prepare report", source=table.root, source_kind=table.source,
+        out=report.out, summary=report.summary(),
+        counts=[(k, report.counts.get(k, 0)) for k in (*STATUSES, "kept_from_several", "cached")],
+        config=sorted(config.to_dict().items()),
+        grid=report.grid_path.read_bytes() if report.grid_path else None,
+        rejects=[(r.path, r.status, r.reason) for r in report.results if r.status != "kept"],
+        smallest=_smallest_detections(report.results))
