@@ -32,13 +32,15 @@ from facelab._deps import require
 from facelab._io import read_json, write_bytes, write_json
 from facelab.bundle import Bundle, Predictor, TorchPredictor, read_bundle
 from facelab.errors import ConfigError, DataError, NotFound
+from facelab.people import export_onnx as export_face_embed_head
+from facelab.prepare import default_cache_dir
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 META_KEY = "facelab_bundle"
 #: Bump when the exported graph's layout changes (invalidates on-the-fly export caches).
-EXPORT_VERSION = 2  # 2: preprocessing is the InputSpec module ((x / 255 - mean) / std)
+EXPORT_VERSION = 2  # 2: the first layer is the InputSpec module (scale to [0, 1], then normalise)
 FORMATS = ("onnx",)
 
 
@@ -293,13 +295,8 @@ def export_bytes(predictor: Any, bdir: Path, opset: int = 17, tolerance: float =
 
 
 def _export_face_embed(bdir: Path, target: Path, t0: float) -> ExportReport:
-    """face-embed runs: the people stage decides what export means (the logreg head)."""
-    from facelab import people
-
-    hook = getattr(people, "export_onnx", None)
-    if hook is None:
-        raise ConfigError(f"{bdir}: export is not supported for face-embed runs")
-    path = Path(hook(bdir, target))
+    """face-embed runs: the people stage decides what export means (the identity head)."""
+    path = Path(export_face_embed_head(bdir, target))
     return ExportReport(str(path), "", float("nan"), 0.0, 17, path.stat().st_size, time.perf_counter() - t0,
                         "face-embed", note="face-embed: the ONNX file holds the identity head only (input: "
                                            "128-d dlib embeddings); predict and serve keep using dlib + "
@@ -383,8 +380,6 @@ def cached_export(info: Bundle, create: bool = False) -> Path | None:
 
 def cache_path(digest: str) -> Path:
     """Where on-the-fly exports live: ``$FACELAB_CACHE/onnx/<digest>.onnx``."""
-    from facelab.prepare import default_cache_dir
-
     return default_cache_dir() / "onnx" / f"{digest}.onnx"
 
 
