@@ -9,13 +9,15 @@ numbers come from a CPU generator in one draw, so results do not depend on the d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from facelab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,12 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_rotate <= 180:
-            raise ValueError(f"max_rotate must be in [0, 180] degrees, got {self.max_rotate}")
+            raise ConfigError(f"max_rotate must be in [0, 180] degrees, got {self.max_rotate}")
         if self.max_zoom < 1.0:
-            raise ValueError(f"max_zoom must be >= 1.0, got {self.max_zoom}")
+            raise ConfigError(f"max_zoom must be >= 1.0, got {self.max_zoom}")
         for name in ("max_lighting", "max_warp", "p_affine", "p_lighting"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,9 +68,13 @@ PRESETS: dict[str, AugmentConfig] = {
 
 
 def get_preset(name: str, **overrides: Any) -> AugmentConfig:
-    """Preset ``name`` with some fields changed; unknown names raise ValueError listing them."""
+    """Preset ``name`` with some fields changed; unknown names or fields raise ConfigError
+    listing the valid ones."""
     if name not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {name!r}; valid: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown augmentation preset {name!r}; valid: {', '.join(PRESETS)}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(AugmentConfig)})
+    if unknown:
+        raise ConfigError(f"unknown augmentation option(s) {unknown}; valid: {', '.join(f.name for f in fields(AugmentConfig))}")
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -191,7 +191,7 @@ class CropStore:
             s, r = divmod(int(rows[i]), self.spec.shard_rows)
             fd, offset = self._open(s)
             if os.preadv(fd, [flat[i]], offset + r * self.row_bytes) != self.row_bytes:
-                raise OSError(f"{self.spec.shard_path(s)}: short read at row {r}; delete {self.spec.root} to rebuild it")
+                raise DataError(f"{self.spec.shard_path(s)}: short read at row {r}; delete {self.spec.root} to rebuild it")
         return out
 
     def tensor(self, rows: np.ndarray | Sequence[int]) -> "torch.Tensor":

@@ -312,6 +312,25 @@ def test_trainers_are_a_registry() -> None:
         get_trainer("svm")
 
 
+def test_bad_device_and_augment_options_are_config_errors() -> None:
+    import torch
+
+    from facelab.augment import get_preset
+    from facelab.bundle.spec import InputSpec
+    from facelab.errors import ConfigError
+    from facelab.train import TrainConfig, make_runtime
+
+    with pytest.raises(ConfigError, match="unknown augmentation option.*max_rotat.*valid: flip"):
+        get_preset("fastai", max_rotat=5)
+    with pytest.raises(ConfigError, match="max_zoom must be >= 1.0"):
+        get_preset("fastai", max_zoom=0.5)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU.*--device cpu"):
+            make_runtime(TrainConfig(data="x", model="lenet5", device="cuda"), InputSpec(32))
+    with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
+        make_runtime(TrainConfig(data="x", model="lenet5", device="tpu9"), InputSpec(32))
+
+
 def _cuda() -> bool:
     import torch
 
