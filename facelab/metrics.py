@@ -1,7 +1,10 @@
 """Classification metrics as plain numpy functions, driven by :class:`facelab.tasks.Task`.
 
-No torch and no scikit-learn: every number in an evaluation report comes from a short
-function here that a reader can check by hand (``tests/test_metrics.py`` does).
+No torch. The standard metrics are scikit-learn's (confusion matrix, precision / recall /
+F1, balanced accuracy, ROC-AUC and curve; imported inside the functions); what it does
+not have in this form is here: thresholds tuned over every candidate at once, the
+reliability bins with ECE, baselines, subgroup gaps, weak-label hints.
+``tests/test_metrics.py`` checks them by hand.
 
 Conventions: ``probs`` is (N, len(task.labels)) as every predictor returns it; targets are
 class indices (N,) for binary/multiclass and a 0/1 matrix (N, L) for multilabel
@@ -25,76 +28,85 @@ NAN = float("nan")
 # --------------------------------------------------------------------------- building blocks
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts (n_classes, n_classes): rows = true class, columns = predicted class."""
-    cm = np.zeros((n_classes, n_classes), np.int64)
-    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
-    return cm
+    """Counts (n_classes, n_classes): rows = true class, columns = predicted class
+    (scikit-learn's, with a row and a column for every class, present or not)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    if not len(y_true):
+        return np.zeros((n_classes, n_classes), np.int64)
+    return sk_confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
-def per_class_prf(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 and support per class from a confusion matrix.
+def per_class_prf(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class (scikit-learn's precision_recall_fscore_support).
 
-    A class never predicted has precision NaN (undefined), never present: recall NaN.
+    A class never predicted has precision NaN (undefined), never present: recall NaN; F1 is
+    2 TP / (2 TP + FP + FN), NaN only for a class neither present nor predicted.
     """
-    tp = np.diag(cm).astype(np.float64)
-    predicted, support = cm.sum(0).astype(np.float64), cm.sum(1).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, NAN)
-        recall = np.where(support > 0, tp / support, NAN)
-        f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), NAN)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, support = precision_recall_fscore_support(np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64),
+                                                       labels=np.arange(n_classes), average=None,
+                                                       zero_division=np.nan)
+    return {"precision": np.asarray(p, np.float64), "recall": np.asarray(r, np.float64),
+            "f1": np.asarray(f, np.float64), "support": np.asarray(support, np.int64)}
 
 
 def balanced_accuracy(cm: np.ndarray) -> float:
-    """Mean recall over the classes that occur (chance level = 1 / number of classes)."""
-    recall = per_class_prf(cm)["recall"]
-    recall = recall[~np.isnan(recall)]
+    """Mean recall over the classes that occur (chance level = 1 / number of classes), from a
+    confusion matrix: the training loop accumulates one over batches. On labels this is
+    scikit-learn's balanced_accuracy_score (see :func:`_balanced_accuracy`)."""
+    support = cm.sum(1)
+    recall = np.diag(cm)[support > 0] / support[support > 0]
     return float(recall.mean()) if recall.size else NAN
 
 
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """scikit-learn's balanced_accuracy_score: mean recall over the classes in ``y_true``
+    (a class only predicted counts nowhere, as in :func:`balanced_accuracy`)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true": expected here
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for the 0/1 labels ``y_true``.
+    """Area under the ROC curve of ``score`` for the 0/1 labels ``y_true`` (scikit-learn's
+    roc_auc_score): the probability that a random positive scores higher than a random
+    negative, ties counting one half. NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
 
-    The Mann-Whitney form: the probability that a random positive scores higher than a
-    random negative, ties counting one half. NaN when only one class is present.
-    """
     y = np.asarray(y_true).astype(bool)
-    s = np.asarray(score, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return NAN
-    ranks = _average_ranks(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    ranks = np.empty(len(x), np.float64)
-    start = 0
-    for end in range(1, len(x) + 1):
-        if end == len(x) or sorted_x[end] != sorted_x[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2.0
-            start = end
-    return ranks
+    return float(roc_auc_score(y, np.asarray(score, np.float64)))
 
 
 def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every distinct threshold (for plotting)."""
+    """False- and true-positive rates at every distinct threshold (for plotting; scikit-learn's
+    roc_curve without dropping collinear points). NaN rates when a class is absent."""
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(score, np.float64)
-    thresholds = np.r_[np.inf, np.unique(s)[::-1]]
-    tpr = np.array([(s[y] >= t).mean() if y.any() else NAN for t in thresholds])
-    fpr = np.array([(s[~y] >= t).mean() if (~y).any() else NAN for t in thresholds])
+    if y.all() or not y.any():
+        thresholds = np.r_[np.inf, np.unique(s)[::-1]]
+        tpr = np.array([(s[y] >= t).mean() if y.any() else NAN for t in thresholds])
+        fpr = np.array([(s[~y] >= t).mean() if (~y).any() else NAN for t in thresholds])
+        return fpr, tpr
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    fpr, tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
     return fpr, tpr
 
 
 def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """Accuracy, balanced accuracy, precision, recall, F1 (positive class) and ROC-AUC."""
-    cm = confusion_matrix(y_true, y_pred, 2)
-    prf = per_class_prf(cm)
-    return {"accuracy": float(np.trace(cm) / max(cm.sum(), 1)), "balanced_accuracy": balanced_accuracy(cm),
+    prf = per_class_prf(y_true, y_pred, 2)
+    return {"accuracy": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
+            "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
             "precision": float(prf["precision"][1]), "recall": float(prf["recall"][1]),
             "f1": float(prf["f1"][1]), "auc": roc_auc(y_true, score)}
 
@@ -124,10 +136,30 @@ def tune_threshold(y_true: np.ndarray, score: np.ndarray, metric: str = "balance
         return 0.5
     u = np.unique(s)
     candidates = np.unique(np.r_[0.5, (u[1:] + u[:-1]) / 2, u[0] - 1e-6, u[-1] + 1e-6])
-    values = np.array([binary_metrics(y, (s >= t).astype(np.int64), s)[metric] for t in candidates])
+    values = _threshold_metric(y.astype(bool), s, candidates, metric)
     best = np.flatnonzero(values >= values.max() - 1e-12)
     t = candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]]
     return float(np.clip(t, 0.0, 1.0))
+
+
+def _threshold_metric(y: np.ndarray, s: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
+    """``metric`` of the decisions ``s >= t`` for every candidate ``t`` at once, from counts.
+
+    Not scikit-learn once per candidate: on 2,000 scores with 852 candidates its
+    balanced_accuracy_score took 1.14 s, these counts 0.33 ms, the same numbers (the
+    previous loop over binary_metrics: 0.79 s per attribute, 32 s for CelebA's 40). Both
+    classes are present here, so balanced accuracy is the mean of the two recalls and F1 is
+    2 TP / (2 TP + FP + FN), as in :func:`binary_metrics`.
+    """
+    pos, neg = np.sort(s[y]), np.sort(s[~y])
+    tp = (len(pos) - np.searchsorted(pos, candidates, side="left")).astype(np.float64)
+    fp = (len(neg) - np.searchsorted(neg, candidates, side="left")).astype(np.float64)
+    fn, tn = len(pos) - tp, len(neg) - fp
+    if metric == "accuracy":
+        return (tn + tp) / len(s)
+    if metric == "f1":
+        return 2 * tp / (2 * tp + fp + fn)
+    return (tn / len(neg) + tp / len(pos)) / 2
 
 
 def tune_thresholds(task: Task, probs: np.ndarray, targets: np.ndarray,
@@ -145,6 +177,9 @@ def tune_thresholds(task: Task, probs: np.ndarray, targets: np.ndarray,
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
     """Reliability diagram data and expected calibration error (ECE).
+
+    Not scikit-learn's calibration_curve: it drops empty bins, returns no counts and no ECE,
+    and puts a confidence equal to an edge in the upper bin (here: the lower, right=True).
 
     ``confidence``: the probability the model gave to its decision; ``correct``: whether
     the decision was right. Equal-width bins over [0, 1]; ECE = sum over bins of
@@ -233,7 +268,7 @@ def _single_label(task: Task, probs: np.ndarray, targets: np.ndarray, decisions:
                   train_targets: np.ndarray | None) -> dict[str, Any]:
     k = len(task.labels)
     cm = confusion_matrix(targets, decisions, k)
-    prf = per_class_prf(cm)
+    prf = per_class_prf(targets, decisions, k)
     if task.kind == "binary":
         auc = roc_auc(targets, probs[:, 1])
     else:
@@ -243,7 +278,8 @@ def _single_label(task: Task, probs: np.ndarray, targets: np.ndarray, decisions:
     train_majority, train_acc = majority_baseline(targets, train_targets)
     present = int((prf["support"] > 0).sum())
     return {
-        "accuracy": float(np.trace(cm) / cm.sum()), "balanced_accuracy": balanced_accuracy(cm), "auc": auc,
+        "accuracy": float(np.trace(cm) / cm.sum()), "balanced_accuracy": _balanced_accuracy(targets, decisions),
+        "auc": auc,
         "per_class": {name: {"precision": _f(prf["precision"][c]), "recall": _f(prf["recall"][c]),
                              "f1": _f(prf["f1"][c]), "support": int(prf["support"][c])}
                       for c, name in enumerate(task.labels)},
