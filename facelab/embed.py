@@ -27,7 +27,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from facelab._deps import require
+from facelab._io import atomic_path
+from facelab._progress import progress as progress_bar
+from facelab.align import template_points
 from facelab.errors import DataError
+from facelab.images import ImageError, read_image
+from facelab.prepare import FacePipeline, PrepareConfig, as_config
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +146,6 @@ class EmbeddingCache:
     def put(self, key: str, vec: np.ndarray) -> None:
         if self.root is None:
             return
-        from facelab._io import atomic_path
 
         try:
             with atomic_path(self.root / key[:2] / f"{key}.npy") as tmp:
@@ -192,8 +196,6 @@ def embed_crops(crops: Sequence[np.ndarray], landmarks: np.ndarray | None = None
 
 def _embed_missing(crops: Sequence[np.ndarray], todo: list[int], landmarks: np.ndarray | None,
                    out: np.ndarray, progress: bool, batch_size: int) -> None:
-    from facelab._progress import progress as progress_bar
-
     _, net, _ = _models()
     bar = progress_bar(len(todo), "embedding faces", "face", enabled=progress)
     for start in range(0, len(todo), batch_size):
@@ -225,8 +227,6 @@ def identity_prepare(config: Any = None) -> Any:
     """The PrepareConfig of identity work: ``config`` as given when it is a PrepareConfig,
     else its keys (a dict, e.g. ``TrainConfig.prepare``) over :data:`IDENTITY_PREPARE`
     and the defaults."""
-    from facelab.prepare import PrepareConfig, as_config
-
     if isinstance(config, PrepareConfig):
         return config
     return as_config({**IDENTITY_PREPARE, **dict(config or {})})
@@ -235,9 +235,6 @@ def identity_prepare(config: Any = None) -> Any:
 def template_landmarks(config: Any = None) -> np.ndarray:
     """Where ``facelab prepare`` (with ``config``: a PrepareConfig, its dict, or None for the
     default) puts the five face points in its crops: float64 (5, 2) pixels."""
-    from facelab.align import template_points
-    from facelab.prepare import as_config
-
     c = as_config(config)
     return template_points(c.template, c.size, c.margin)
 
@@ -252,9 +249,6 @@ def embed_images(images: Sequence[Any], config: Any = None, progress: bool = Fal
     and embedding here as in training; photos without a face, or that cannot be read, get
     a zero row and ``found[i] = False``.
     """
-    from facelab.images import ImageError
-    from facelab.prepare import FacePipeline
-
     pipeline = FacePipeline(identity_prepare(config))
     crops: list[np.ndarray] = []
     found = np.zeros(len(images), dtype=bool)
@@ -292,6 +286,4 @@ class _LazyCrops(Sequence):
         return len(self.paths)
 
     def __getitem__(self, i):  # noqa: ANN001, ANN204 - Sequence protocol
-        from facelab.images import read_image
-
         return read_image(self.paths[i])

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from facelab.embed import embed_paths, template_landmarks
+
 log = logging.getLogger(__name__)
 
 #: Average-linkage cut at dlib's same-person distance. On celeba-mini without its identity
@@ -66,8 +68,6 @@ def _absorb_strays(emb: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 def embedding_groups(paths: Sequence[Path], prepare: dict | None, progress: bool = False) -> np.ndarray:
     """Group ids for face crops written by the preparation ``prepare`` (a PrepareConfig dict)."""
-    from facelab.embed import embed_paths, template_landmarks
-
     emb = embed_paths(paths, template_landmarks(prepare), progress=progress)
     return cluster_embeddings(emb)
 

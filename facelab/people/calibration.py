@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from facelab._io import write_bytes
+from facelab.embed import distance
 from facelab.people.gallery import Gallery, _person_sums
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,6 @@ def open_set_scores(gallery: Gallery, rule: str = "centroid") -> tuple[np.ndarra
     """
     if rule == "nearest":
         return _nearest_scores(gallery)
-    from facelab.embed import distance
 
     emb, labels = gallery.embeddings.astype(np.float64), gallery.labels
     sums, counts = _person_sums(gallery)
@@ -102,8 +102,6 @@ def open_set_scores(gallery: Gallery, rule: str = "centroid") -> tuple[np.ndarra
 
 def _nearest_scores(gallery: Gallery) -> tuple[np.ndarray, np.ndarray]:
     """:func:`open_set_scores` for the ``nearest`` rule."""
-    from facelab.embed import distance
-
     emb, labels = gallery.embeddings, gallery.labels
     nearest = np.full(len(emb), np.inf, dtype=np.float32)
     nearest_other = np.full(len(emb), np.inf, dtype=np.float32)
@@ -139,8 +137,6 @@ def tradeoff(genuine: np.ndarray, impostor: np.ndarray) -> list[dict]:
 
 def pair_scores(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All same-person and different-person pair distances among ``emb`` (verification)."""
-    from facelab.embed import distance
-
     d = distance(emb, emb)
     iu = np.triu_indices(len(emb), k=1)
     same = labels[iu[0]] == labels[iu[1]]

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from facelab._io import write_json
 from facelab.bundle import bundle_dir_of
+from facelab.embed import embed_images
 from facelab.errors import ConfigError, DataError
 from facelab.people.calibration import _calibration_fields, calibrate_threshold, open_set_scores
 from facelab.people.config import UNKNOWN, FaceEmbedConfig
@@ -50,8 +51,6 @@ def enroll(run: str | Path, person: str, photos: Sequence[str | Path], progress:
     is updated atomically: new head/gallery files first, bundle.json last, old files then
     removed; a stale ``model.onnx`` is removed (re-run ``facelab export``).
     """
-    from facelab.embed import embed_images
-
     t0 = time.perf_counter()
     person = person.strip()
     if not person or person == UNKNOWN:

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from facelab._io import write_bytes
+from facelab.embed import distance
 
 
 @dataclass
@@ -39,8 +40,6 @@ class Gallery:
 
 def knn_scores(emb: np.ndarray, gallery: Gallery, n_classes: int, k: int) -> np.ndarray:
     """Per person, the mean distance to their ``k`` nearest enrolled photos: (N, L)."""
-    from facelab.embed import distance
-
     d = distance(emb, gallery.embeddings)
     out = np.full((len(emb), n_classes), np.inf, dtype=np.float32)
     for c in range(n_classes):
@@ -53,8 +52,6 @@ def knn_scores(emb: np.ndarray, gallery: Gallery, n_classes: int, k: int) -> np.
 def nearest_distance(emb: np.ndarray, gallery: Gallery, exclude: int | None = None) -> np.ndarray:
     """Distance from each row of ``emb`` to the nearest enrolled photo (optionally of
     anyone but person ``exclude``): the ``nearest`` open-set score."""
-    from facelab.embed import distance
-
     keep = gallery.labels != exclude if exclude is not None else slice(None)
     return distance(emb, gallery.embeddings[keep]).min(axis=1)
 
@@ -70,8 +67,6 @@ def _person_sums(gallery: Gallery) -> tuple[np.ndarray, np.ndarray]:
 def open_set_distance(emb: np.ndarray, gallery: Gallery, rule: str = "centroid") -> np.ndarray:
     """The open-set score of each row of ``emb``: the distance to the nearest person's
     mean embedding (``centroid``) or to the nearest enrolled photo (``nearest``)."""
-    from facelab.embed import distance
-
     if not len(emb):
         return np.zeros(0, dtype=np.float32)
     if rule == "nearest":

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from facelab._io import save_torch
+from facelab.embed import EMBEDDING_DIM
 from facelab.errors import DataError
 from facelab.people.config import UNKNOWN, FaceEmbedConfig
 from facelab.people.gallery import Gallery, knn_scores, open_set_distance
@@ -93,9 +95,6 @@ def _photo_counts(model: IdentityModel) -> dict[str, int]:
 def _save_head(path: Path, model: IdentityModel) -> None:
     """The head as a state_dict of ``nn.Linear(128, L)`` (zeros for the knn head)."""
     import torch
-
-    from facelab._io import save_torch
-    from facelab.embed import EMBEDDING_DIM
 
     n = len(model.labels)
     w = model.weight if model.weight is not None else np.zeros((n, EMBEDDING_DIM), np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from facelab._io import atomic_path
 from facelab.bundle import read_bundle
 from facelab.errors import ConfigError
 from facelab.people.model import _load_head
@@ -18,8 +19,6 @@ def export_onnx(bundle_dir: str | Path, out_path: str | Path) -> Path:
     rule (``bundle.json["open_set"]``) need the gallery and are not in the graph.
     """
     import torch
-
-    from facelab._io import atomic_path
 
     bdir, bundle = read_bundle(bundle_dir)
     m = bundle["model"]

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from facelab.bundle import FacePrediction, Predictor, read_bundle
+from facelab.embed import embed_crops, template_landmarks
 from facelab.errors import BundleError
 from facelab.people.calibration import open_set_rule
 from facelab.people.config import BACKEND, UNKNOWN
@@ -63,8 +64,6 @@ class EmbeddingPredictor(Predictor):
         return self.model.threshold
 
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        from facelab.embed import embed_crops, template_landmarks
-
         return embed_crops(crops, template_landmarks(self.bundle.get("prepare")))
 
     def predict_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:

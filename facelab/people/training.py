@@ -15,6 +15,7 @@ import numpy as np
 from facelab._io import write_json, write_text
 from facelab.bundle.spec import InputSpec
 from facelab.data import SampleTable
+from facelab.embed import EMBEDDING_DIM, EMBEDDING_ID, embed_paths, identity_prepare, template_landmarks
 from facelab.errors import DataError, RunExists
 from facelab.people.calibration import (
     SCORE_TEXT,
@@ -29,6 +30,7 @@ from facelab.people.config import BACKEND, BUNDLE_DIR, UNKNOWN, FaceEmbedConfig
 from facelab.people.gallery import Gallery
 from facelab.people.identities import _held_out_mask, identity_table
 from facelab.people.model import IdentityModel, _photo_counts, _save_head
+from facelab.prepare import as_config, prepare_table
 from facelab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,6 @@ def _config_dict(config: Any) -> dict:
 def _embed_table(table: SampleTable, prepare_config: Any, progress: bool,
                  cache_dir: str | Path | None = None) -> tuple[SampleTable, np.ndarray, dict]:
     """Prepare (cached) and embed every photo of ``table``: (table of crops, (N, 128), prepare dict)."""
-    from facelab.embed import embed_paths, identity_prepare, template_landmarks
-    from facelab.prepare import as_config, prepare_table
-
     if table.prepared is not None:
         prep = as_config(table.prepared.get("config"))
         crops = table
@@ -166,8 +165,6 @@ def _metrics(model: IdentityModel, emb: np.ndarray, labels: np.ndarray, held: np
 
 def _bundle_dict(model: IdentityModel, prep: dict, calibration: dict, pair: Calibration,
                  cfg: FaceEmbedConfig, run_dir: Path, images_per_second: float) -> dict:
-    from facelab.embed import EMBEDDING_DIM, EMBEDDING_ID
-
     return {
         "format": 1,
         "model": {"backend": BACKEND, "name": EMBEDDING_ID, "head": model.head,

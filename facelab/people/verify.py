@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 
 from facelab.bundle import read_bundle
+from facelab.embed import DLIB_SAME_PERSON_DISTANCE, distance, embed_images
 from facelab.errors import DataError
+from facelab.images import read_image
 
 
 @dataclass
@@ -37,8 +39,6 @@ def verify(a: str | Path | np.ndarray, b: str | Path | np.ndarray, run: str | Pa
     ``threshold`` (default: the pair threshold calibrated on the enrolled photos of
     ``run``, else dlib's 0.6).
     """
-    from facelab.embed import DLIB_SAME_PERSON_DISTANCE, distance, embed_images
-
     source = "dlib default"
     value = DLIB_SAME_PERSON_DISTANCE
     if run is not None:
@@ -52,7 +52,6 @@ def verify(a: str | Path | np.ndarray, b: str | Path | np.ndarray, run: str | Pa
                       f"{open_set.get('verify_frr', float('nan')):.1%}")
     if threshold is not None:
         value, source = float(threshold), "given"
-    from facelab.images import read_image
 
     for x in (a, b):  # an unreadable photo is an error here, not a skip: ImageError says why
         if isinstance(x, (str, Path)):
