@@ -31,16 +31,18 @@ def resolve_members(runs: str | Path | Sequence[str | Path]) -> tuple[list[Path]
         p = Path(item).expanduser()
         if not p.exists():
             raise NotFound(f"{p}: no such run folder; pass a folder written by `facelab train` "
-                                    f"(it holds config.json and bundle/bundle.json)")
+                           f"(it holds config.json and bundle/bundle.json)")
         if is_ensemble(p):
             members += read_members(p)[0]
             ensemble_dir = ensemble_dir or p
         else:
             members.append(p)
     for m in members:
-        if not (m / "bundle" / BUNDLE_FILE).is_file() and not (m / BUNDLE_FILE).is_file():
+        try:
+            bundle_dir_of(m)
+        except FileNotFoundError:
             raise NotFound(f"{m}: not a trained run (no bundle/bundle.json); train it with "
-                                    f"`facelab train` or pass the run folder it wrote")
+                           f"`facelab train` or pass the run folder it wrote") from None
     return members, ensemble_dir
 
 
@@ -57,10 +59,10 @@ def load_predictors(members: Sequence[Path]) -> list[Any]:
     for m, p in zip(members[1:], predictors[1:]):
         if p.task.kind != first.task.kind or list(p.labels) != list(first.labels):
             raise ConfigError(f"ensemble members disagree on the task: {members[0]} predicts "
-                             f"{first.task.kind} {list(first.labels)}, {m} predicts {p.task.kind} {list(p.labels)}")
+                              f"{first.task.kind} {list(first.labels)}, {m} predicts {p.task.kind} {list(p.labels)}")
         if (p.bundle.get("prepare") or None) != (first.bundle.get("prepare") or None):
             raise ConfigError(f"ensemble members {members[0]} and {m} use different face preparation; "
-                             f"an ensemble needs identical crops")
+                              f"an ensemble needs identical crops")
     return predictors
 
 
