@@ -19,6 +19,7 @@ from facelab.data import (
     load_folder,
     load_source,
 )
+from facelab.errors import ConfigError
 
 # --------------------------------------------------------------------------- the real sets
 
@@ -61,7 +62,7 @@ def test_celeba_wild_picks_aligned_or_uncropped(celeba_wild: Path) -> None:
     wild = load_celeba(celeba_wild, images="img_celeba")
     assert wild.paths[0].parent.name == "img_celeba" and [p.name for p in wild.paths] == [p.name for p in aligned.paths]
     assert load_source(celeba_wild / "img_celeba").paths[0].parent.name == "img_celeba"
-    with pytest.raises(DataError, match="images must be"):
+    with pytest.raises(ConfigError, match="images must be"):
         load_celeba(celeba_wild, images="thumbnails")
 
 

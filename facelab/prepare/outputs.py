@@ -2,14 +2,12 @@
 files that make the folder load like its source."""
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
-from facelab._io import fit_name, write_text
-from facelab.data import CELEBA_ATTR_FILE, CELEBA_IDENTITY_FILE, CELEBA_PARTITION_FILE, SampleTable
+from facelab._io import fit_name
+from facelab.data import SampleTable, write_celeba_labels, write_csv_labels
 from facelab.prepare.cache import FileResult, place_crop
 
 def _output_stems(table: SampleTable) -> list[Path]:
@@ -88,40 +86,7 @@ def write_outputs(table: SampleTable, results: list[FileResult], out: Path, name
             rows.append((i, name))
         outputs.append(mine)
     if table.source == "celeba":
-        _write_celeba_labels(table, rows, out)
+        write_celeba_labels(table, rows, out)
     elif table.source == "csv":
-        _write_csv_labels(table, rows, out)
+        write_csv_labels(table, rows, out)
     return outputs
-
-
-def _write_celeba_labels(table: SampleTable, rows: list[tuple[int, str]], out: Path) -> None:
-    lines = [str(len(rows)), " ".join(table.label_names)]
-    ids, parts = [], []
-    split_code = {"train": "0", "valid": "1", "test": "2"}
-    for i, name in rows:
-        fname = Path(name).name
-        lines.append(fname + " " + " ".join("1" if v else "-1" for v in table.labels[i]))
-        if table.identities[i] is not None:
-            ids.append(f"{fname} {table.identities[i]}")
-        split = table.splits[i]
-        if split is not None:
-            parts.append(f"{fname} {split_code[split]}")
-    write_text(out / CELEBA_ATTR_FILE, "\n".join(lines) + "\n")
-    if ids:
-        write_text(out / CELEBA_IDENTITY_FILE, "\n".join(ids) + "\n")
-    if parts:
-        write_text(out / CELEBA_PARTITION_FILE, "\n".join(parts) + "\n")
-
-
-def _write_csv_labels(table: SampleTable, rows: list[tuple[int, str]], out: Path) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    label_cols = table.label_names if table.kind == "attributes" else ["label"]
-    w.writerow(["path", *label_cols, "identity", "split"])
-    for i, name in rows:
-        labels = ([int(v) for v in table.labels[i]] if table.kind == "attributes"
-                  else [table.label_names[int(table.labels[i])]])
-        w.writerow([name, *labels, table.identities[i] or "", table.splits[i] or ""])
-    write_text(out / "labels.csv", buf.getvalue())
-
-
