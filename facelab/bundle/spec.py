@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from facelab.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -52,7 +54,8 @@ class InputSpec:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if self.size < 8 or len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"bad input spec {self}: size >= 8, three means and three positive stds")
+            raise ConfigError(f"bad input spec {self}: the size must be >= 8 pixels, with three means and "
+                              f"three positive standard deviations")
 
     # ------------------------------------------------------------------ (de)serialisation
 

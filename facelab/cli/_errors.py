@@ -1,8 +1,9 @@
 """Turn expected errors into one clear line on stderr (no traceback).
 
-Exit codes: 2 bad input (a file, a path, an option), 3 disk full (free space and run the
-same command again: it resumes), 4 a worker failed on a photo (the photo and the reason
-are on the line)."""
+Exit codes: 2 bad input (any :class:`facelab.errors.FacelabError`: a file, a path, an
+option, a missing package), 3 disk full (free space and run the same command again: it
+resumes), 4 a worker failed on a photo (the photo and the reason are on the line).
+Anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,7 @@ import sys
 import typer
 
 from facelab._io import DiskFullError, is_disk_full
-from facelab.data import DataError
+from facelab.errors import FacelabError
 
 EXIT_BAD_INPUT = 2
 EXIT_DISK_FULL = 3
@@ -19,7 +20,7 @@ EXIT_WORKER_FAILED = 4
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean 'bad input', not 'bug': shown without a traceback."""
-    return (DataError, FileNotFoundError, ImportError, ValueError)
+    return (FacelabError,)
 
 
 def run_app(app: typer.Typer) -> None:
