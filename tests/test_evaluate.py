@@ -113,6 +113,26 @@ def test_subjective_attribute_caveat():
     assert "**Eyeglasses not learned**" in card and "Attractive not learned" not in card
 
 
+def test_reports_escape_what_comes_from_the_data(tmp_path: Path):
+    from facelab.evaluate import model_card, write_report
+
+    task = Task("binary", ("not <b>x</b>", "<b>x</b>"), (0.5,))
+    cls = {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    metrics = {"source": {"runs": ["runs/a&b"], "model": {}, "input": {}, "train": {}, "data": "<script>x</script>",
+                          "split": None, "evaluated": 4, "photos_in_source": 4, "dropped_by_face_preparation": 0},
+               "thresholds": {"tuned": False, "why": "<i>none</i>"}, "accuracy": 0.5, "balanced_accuracy": 0.5,
+               "auc": float("nan"), "ece": 0.1, "macro_f1": 0.5, "baseline": {"accuracy": 0.5, "balanced_accuracy": 0.5},
+               "calibration": {"count": [0] * 10}, "subgroups": {}, "weak_labels": {"all": "<u>weak</u>"},
+               "per_class": {n: cls for n in task.labels}}
+    png = b"\x89PNG\r\n\x1a\n"
+    html = write_report(tmp_path / "report.html", task, metrics, {"confusion": png, "reliability": png}).read_text()
+    assert "<script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
+    assert "<b>x</b>" not in html and "<i>none</i>" not in html and "<u>weak</u>" not in html
+    assert "runs/a&amp;b" in html
+    card = model_card(task, metrics)
+    assert "<script>" not in card and "&lt;b&gt;x&lt;/b&gt;" in card
+
+
 def test_multiclass_on_training_source_scores_only_held_out_rows(orl_run: Path, orl_faces: Path, tmp_path: Path):
     out = tmp_path / "orl_eval"
     result = evaluate(orl_run, orl_faces, out=out, top_k=8, progress=False)

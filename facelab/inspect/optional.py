@@ -77,17 +77,10 @@ def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats 
 
 
 def _load_run(run: str) -> Any:
-    """``facelab.load(run)``; a face-embed run also loads without the CNN stage's bundle module."""
-    try:
-        from facelab.backends import load
+    """``facelab.load(run)``: any backend (a CNN run, a face-embed run, an export, an ensemble)."""
+    from facelab.backends import load
 
-        return load(run)
-    except ModuleNotFoundError as exc:
-        if exc.name != "facelab.bundle":
-            raise
-        from facelab import people
-
-        return people.load(run)
+    return load(run)
 
 
 def _run_crops(table: SampleTable, bundle: dict, cfg: InspectConfig, progress: bool) -> dict[int, np.ndarray]:
