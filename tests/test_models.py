@@ -77,7 +77,7 @@ def test_every_listed_model_runs_and_exports_with_random_weights(name: str, cele
     import onnxruntime as ort
 
     from facelab.bundle import Bundle, InputSpec, ModelRef, TorchPredictor
-    from facelab.export import _export_module, _onnx_bytes, max_abs_diff
+    from facelab.export.graph import _export_module, _onnx_bytes, max_abs_diff
     from facelab.images import read_image
     from facelab.tasks import Task
 
