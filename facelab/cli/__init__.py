@@ -12,6 +12,7 @@ import os
 import typer
 
 from facelab._progress import stderr_is_terminal
+from facelab.cli._lazy import LazyGroup
 
 app = typer.Typer(
     name="facelab",
@@ -19,6 +20,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: shows help text as written ("[default: 0.2]" is not read as rich markup)
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    cls=LazyGroup,
 )
 
 # Stage modules in pipeline order; each defines register(app).
