@@ -2,9 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from facelab.cli._config import Flag, options
+from facelab.data import SPLITS
+from facelab.errors import ConfigError
+from facelab.evaluate import EvaluateConfig
+from facelab.metrics import THRESHOLD_METRICS
+
+#: EvaluateConfig fields whose flag is not ``--field-name`` alone: choices, words for None.
+EVALUATE_FLAGS = {
+    "split": Flag(choices=(*SPLITS, "all"), none="all"),
+    "tune_split": Flag(choices=(*SPLITS, "auto", "none"), none="none"),
+    "tune_metric": Flag(choices=THRESHOLD_METRICS),
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -13,31 +26,19 @@ def register(app: typer.Typer) -> None:
     app.command("compare")(compare_cmd)
 
 
+@options(EvaluateConfig, flags=EVALUATE_FLAGS)
 def evaluate_cmd(
     paths: list[Path] = typer.Argument(..., help="RUN [RUN ...] DATA: one run, an ensemble folder or several "
                                                   "runs (evaluated as an ensemble), then the data source."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: the run / ensemble folder)."),
-    split: str = typer.Option("test", help="Split to report on: test, valid, train or all."),
-    tune_split: str = typer.Option("auto", help="Split to tune decision thresholds on, none, or auto (valid "
-                                   "when it holds >= 10 people)."),
-    tune_metric: str = typer.Option("balanced_accuracy", help="Thresholds maximise: balanced_accuracy, accuracy, f1."),
-    save_thresholds: bool = typer.Option(True, "--save-thresholds/--no-save-thresholds",
-                                         help="Write tuned thresholds into bundle/bundle.json."),
-    subgroups: Optional[str] = typer.Option(None, help="Comma-separated attributes (or identity) to split "
-                                                       "accuracy by; default Male,Young where present."),
-    top_k: int = typer.Option(16, help="Faces per top-loss grid (0 = none)."),
-    batch_size: int = typer.Option(64, help="Crops per forward pass."),
+    config: dict[str, Any] = {},  # noqa: B006 - filled by @options
 ) -> None:
     """Metrics beside baselines, plots, top losses, subgroups, calibration, HTML report and MODEL_CARD.md."""
-    from facelab.evaluate import EvaluateConfig, evaluate
+    from facelab.evaluate import evaluate
 
     if len(paths) < 2:
-        raise typer.BadParameter("give a run folder and a data source: facelab evaluate RUN DATA")
-    config = EvaluateConfig(split=None if split == "all" else split,
-                            tune_split=None if tune_split == "none" else tune_split, tune_metric=tune_metric,
-                            save_thresholds=save_thresholds, top_k=top_k, batch_size=batch_size,
-                            subgroups=tuple(s.strip() for s in subgroups.split(",") if s.strip()) if subgroups else None)
-    result = evaluate(paths[:-1], paths[-1], out, config)
+        raise ConfigError("give a run folder and a data source: facelab evaluate RUN DATA")
+    result = evaluate(paths[:-1], paths[-1], out, EvaluateConfig(**config))
     typer.echo(result.summary())
     t = result.metrics["thresholds"]
     if t.get("tuned"):

@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from facelab.errors import ConfigError
+
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app`."""
@@ -28,7 +30,7 @@ def predict_cmd(
     from facelab.predict import predict, report_json
 
     if as_json and as_csv:
-        raise typer.BadParameter("choose one of --json and --csv")
+        raise ConfigError("choose one of --json and --csv")
     report = predict(run, paths, backend=backend, all_faces=all_faces)
     text = report_json(report) if as_json else report.to_csv() if as_csv else report.table(top)
     if out is not None:

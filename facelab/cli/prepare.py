@@ -1,11 +1,25 @@
 """CLI commands of the prepare stage (see facelab/prepare.py)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from facelab.align import list_templates
+from facelab.cli._config import Flag, options, parse_pairs
+from facelab.errors import ConfigError
+from facelab.prepare import BACKGROUND_MODES, CROP_FORMATS, LIGHT_MODES, MULTI_FACE_POLICIES, PrepareConfig
+
+#: PrepareConfig fields whose flag is not ``--field-name``, or that are choices.
+PREPARE_FLAGS = {
+    "detector_options": Flag(("--detector-option", "-D")),
+    "template": Flag(choices=tuple(list_templates())),
+    "multi_face": Flag(choices=MULTI_FACE_POLICIES),
+    "light": Flag(choices=LIGHT_MODES),
+    "background": Flag(choices=BACKGROUND_MODES),
+    "format": Flag(("--format",), choices=CROP_FORMATS),
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -14,22 +28,17 @@ def register(app: typer.Typer) -> None:
     app.command("detectors")(detectors_cmd)
 
 
+def prepare_config(values: dict[str, Any]) -> PrepareConfig:
+    """PrepareConfig from its options; ``-D`` keys are checked against the detector's own
+    parameters by PrepareConfig (with the library's spellings, e.g. OpenCV's minNeighbors)."""
+    options_ = parse_pairs(values["detector_options"], None, flag="--detector-option")
+    return PrepareConfig(**{**values, "detector_options": options_})
+
+
+@options(PrepareConfig, flags=PREPARE_FLAGS)
 def prepare_cmd(
     src: Path = typer.Argument(..., help="Photos: a folder per class, a CelebA root, or a CSV."),
     out: Path = typer.Argument(..., help="Output folder (same layout and labels, aligned crops)."),
-    detector: Optional[str] = typer.Option(None, help="Face detector (see `facelab detectors`; default yuface)."),
-    detector_option: list[str] = typer.Option([], "--detector-option", "-D",
-                                              help="Detector option KEY=VALUE, e.g. -D min_neighbors=5."),
-    size: Optional[int] = typer.Option(None, help="Side of the square crop in pixels [224]."),
-    template: Optional[str] = typer.Option(None, help="Alignment template: celeba (keeps hair, hats) or tight."),
-    margin: Optional[float] = typer.Option(None, help="Extra context per side, fraction of the template [0]."),
-    multi_face: Optional[str] = typer.Option(None, help="Several faces: largest (default), all or skip."),
-    light: Optional[str] = typer.Option(None, help="Light balancing: none (default) or clahe."),
-    background: Optional[str] = typer.Option(None, help="Outside the face: keep (default), blur or grey."),
-    detect_max_side: Optional[int] = typer.Option(None, help="Longest side photos are shrunk to for detection [640]."),
-    fast_side: Optional[int] = typer.Option(None, help="First detection try at this longest side, 0 = off [128]."),
-    min_face: Optional[int] = typer.Option(None, help="Ignore faces narrower than this many pixels [24]."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="Crop format: jpg (default) or png."),
     workers: int = typer.Option(2, help="Parallel workers."),
     processes: Optional[bool] = typer.Option(None, "--processes/--threads",
                                              help="Worker processes or threads [processes from 200 photos on]."),
@@ -38,25 +47,23 @@ def prepare_cmd(
     shard: Optional[str] = typer.Option(None, help="K/N: prepare only slice K of N into the cache (N "
                                                     "processes or machines in parallel); then run the same "
                                                     "command without --shard to write OUT from the cache."),
+    config: dict[str, Any] = {},  # noqa: B006 - filled by @options
 ) -> None:
     """Detect, align and crop the faces of SRC into OUT, with a report of every reject."""
-    from facelab.prepare import PrepareConfig, parse_shard, prepare, prepare_shard
+    from facelab.prepare import parse_shard, prepare, prepare_shard
 
-    given = dict(detector=detector, size=size, template=template, margin=margin, multi_face=multi_face,
-                 light=light, background=background, detect_max_side=detect_max_side, fast_side=fast_side,
-                 min_face=min_face, format=fmt, detector_options=_parse_options(detector_option) or None)
-    config = PrepareConfig.from_dict({k: v for k, v in given.items() if v is not None})
+    cfg = prepare_config(config)
     if shard is not None:
         try:
             k, n = parse_shard(shard)
         except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--shard") from None
-        part = prepare_shard(src, k, n, config, workers=workers, cache_dir=cache_dir, processes=processes)
+            raise ConfigError(f"--shard: {exc}") from None
+        part = prepare_shard(src, k, n, cfg, workers=workers, cache_dir=cache_dir, processes=processes)
         typer.echo(part.summary())
         typer.echo(f"next:    when every shard is done, `facelab prepare {src} {out}` (same options, no "
                    f"--shard) writes the output from the cache")
         return
-    report = prepare(src, out, config, workers=workers, cache_dir=cache_dir, report_html=not no_html,
+    report = prepare(src, out, cfg, workers=workers, cache_dir=cache_dir, report_html=not no_html,
                      processes=processes)
     typer.echo(report.summary())
     typer.echo(f"output:  {report.out}")
@@ -73,17 +80,3 @@ def detectors_cmd() -> None:
 
     for name, text in describe_detectors().items():
         typer.echo(f"{name:10s} {text}")
-
-
-def _parse_options(items: list[str]) -> dict:
-    """["min_neighbors=5", "min_size=[40,40]"] -> {"min_neighbors": 5, "min_size": [40, 40]}."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--detector-option")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
