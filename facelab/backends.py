@@ -35,13 +35,15 @@ BACKENDS: dict[str, Any] = {"torch": TorchPredictor, "onnx": OnnxPredictor, "fac
 CHOICES = ("torch", "onnx", "auto")
 
 
-def load(run: str | Path, backend: str = "torch", **options: Any) -> Predictor:
+def load(run: str | Path, backend: str = "torch", strict: bool = True, **options: Any) -> Predictor:
     """The run's predictor (see the module docstring for ``backend``). ``options`` go to the
-    backend's loader: ``device`` (PyTorch), ``threads`` (ONNX Runtime)."""
+    backend's loader: ``device`` (PyTorch), ``threads`` (ONNX Runtime). An option the chosen
+    loader does not take is an error, or with ``strict=False`` (predict and serve, which size
+    ONNX Runtime's pool for whichever run turns out to use it) left out."""
     if backend not in CHOICES:
         raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(CHOICES)}")
     if is_ensemble(run):
-        return load_ensemble(run, lambda member: load(member, backend, **options))
+        return load_ensemble(run, lambda member: load(member, backend, strict, **options))
     info = Bundle.read(run)
     cls = BACKENDS.get(info.model.backend)
     if cls is None:
@@ -49,12 +51,11 @@ def load(run: str | Path, backend: str = "torch", **options: Any) -> Predictor:
     if cls is TorchPredictor and backend != "torch":
         path = cached_export(info, create=backend == "onnx")
         if path is not None:
-            _check_options(OnnxPredictor.from_file, options, f"{info.dir} (onnx backend)")
-            return OnnxPredictor.from_file(path, **options)
+            return OnnxPredictor.from_file(path, **_options(OnnxPredictor.from_file, options, strict, f"{info.dir} (onnx)"))
         if backend == "onnx":
             raise ConfigError(f"{info.dir}: could not export to ONNX (see the log); use --backend torch")
-        options = _for_torch(options)
-    _check_options(cls.from_bundle, options, f"{info.dir} ({info.model.backend} backend)")
+        strict = False  # auto fell back to PyTorch: ONNX Runtime's options do not apply
+    options = _options(cls.from_bundle, options, strict, f"{info.dir} ({info.model.backend} backend)")
     return cls.from_bundle(bundle_dir_of(run), None, **options)
 
 
@@ -63,18 +64,13 @@ def backend_of(predictor: Any) -> str:
     return str(getattr(predictor, "backend", "") or predictor.info.model.backend)
 
 
-def _for_torch(options: dict[str, Any]) -> dict[str, Any]:
-    """``auto`` fell back to PyTorch: ONNX Runtime's options (``threads``) do not apply."""
-    valid = inspect.signature(TorchPredictor.from_bundle).parameters
-    dropped = sorted(set(options) - set(valid))
-    if dropped:
-        log.debug("no ONNX export: running PyTorch; ignoring %s", ", ".join(dropped))
-    return {k: v for k, v in options.items() if k in valid}
-
-
-def _check_options(factory: Any, options: dict[str, Any], what: str) -> None:
-    """Refuse options the backend's loader does not take, naming the ones it does."""
+def _options(factory: Any, options: dict[str, Any], strict: bool, what: str) -> dict[str, Any]:
+    """The options the backend's loader takes; the others are refused (naming the valid ones)
+    or, not ``strict``, left out."""
     valid = [n for n in inspect.signature(factory).parameters if n not in ("bundle_dir", "bundle_dict", "path")]
     unknown = sorted(set(options) - set(valid))
-    if unknown:
+    if unknown and strict:
         raise ConfigError(f"{what}: option(s) {', '.join(unknown)} not understood; valid: {', '.join(valid) or 'none'}")
+    if unknown:
+        log.debug("%s: not used by this backend: %s", what, ", ".join(unknown))
+    return {k: v for k, v in options.items() if k in valid}

@@ -98,6 +98,7 @@ def test_onnx_is_exported_only_when_asked(binary_run: Path, tmp_path: Path, monk
     assert backend_of(load_predictor(run)) == "onnx"  # the export now exists: auto uses it
     with pytest.raises(ValueError, match="threads"):
         load(run, backend="torch", threads=1)
+    assert backend_of(load_predictor(run, "torch", threads=1)) == "torch"  # predict/serve size ONNX's pool only
     with pytest.raises(ValueError, match="valid: torch, onnx, auto"):
         load(run, backend="tensorrt")
 

@@ -46,8 +46,8 @@ def model_name(run: str | Path) -> str:
 
 def load_predictor(run: str | Path, backend: str = "auto", threads: int = 0) -> Predictor:
     """The run's predictor (:func:`facelab.backends.load`); ``threads`` sizes ONNX Runtime's
-    pool when ONNX Runtime runs it."""
-    return load(run, backend, **({"threads": threads} if threads else {}))
+    pool where ONNX Runtime runs it (other backends have no such option)."""
+    return load(run, backend, strict=False, **({"threads": threads} if threads else {}))
 
 
 def face_pipeline(bundle: dict, all_faces: bool = False) -> FacePipeline:
