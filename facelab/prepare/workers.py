@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from facelab._io import DiskFullError, os_reason
+from facelab._progress import progress as progress_bar
 from facelab.detect import cached_detector, is_builtin_detector
 from facelab.images import ImageError
 from facelab.prepare.cache import CropCache, FileResult, place_crop
@@ -137,8 +138,6 @@ def run_files(paths: Sequence[Path | str], config: PrepareConfig, cache_dir: Pat
     mtcnn's Python), so only processes run two detections at once; threads start at once and
     share the model, which wins on small jobs.
     """
-    from facelab._progress import progress as progress_bar
-
     cache_root = str(CropCache(cache_dir, config).root)
     names = list(out_names) if out_names is not None else [None] * len(paths)
     if len(names) != len(paths):
