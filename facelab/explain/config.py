@@ -26,11 +26,11 @@ class ExplainConfig:
     method: str = "gradcam"
     """CAM variant: gradcam, hirescam or gradcam++."""
     target: str | None = None
-    """Label (class or attribute) to explain; None = the predicted class, or for multilabel
+    """Label (class or attribute) to explain; default: the predicted class, or for multilabel
     the attribute with the highest probability."""
     layer: str | None = None
-    """Module name (``model.named_modules()``) to explain at; None = the last one whose map is
-    at least ``MIN_CAM_SIDE`` cells across (:func:`facelab.explain.find_cam_layer`)."""
+    """Module name (as in ``model.named_modules()``) to explain at; default: the last one whose
+    map is at least 6 cells across (``MIN_CAM_SIDE``, :func:`facelab.explain.find_cam_layer`)."""
     aligned: bool = False
     """The photos are already aligned crops: skip face detection."""
     feature_maps: bool = True

@@ -14,6 +14,7 @@ import numpy as np
 from facelab.errors import DataError
 from facelab.explain.cam import class_activation_maps, target_index
 from facelab.explain.geometry import to_original
+from facelab.explain.hooks import torch_net
 from facelab.images import ImageError, read_image
 from facelab.prepare import FacePipeline
 
@@ -96,14 +97,22 @@ def pointing_game(predictor: Any, photos: Sequence[FacePhoto], target: str | Non
 def randomized(predictor: Any, seed: int = 0) -> Any:
     """A copy of ``predictor`` whose network has fresh random weights (same architecture and
     preprocessing): the "model randomisation" sanity check of Adebayo et al. (2018). Maps that
-    look the same for it as for the trained model show the architecture, not what was learnt."""
+    look the same for it as for the trained model show the architecture, not what was learnt.
+
+    The network is a copy of the predictor's own with every layer's ``reset_parameters()``
+    called in module order: for the built-in networks exactly the weights a fresh
+    ``facelab.models.create_model`` draws from the same seed (PyTorch's default init, in
+    construction order); timm networks get PyTorch's default init instead of timm's. Copying
+    instead of rebuilding keeps facelab.models, which imports torch at its top, out of
+    ``import facelab.explain`` (the CLI imports ExplainConfig from here)."""
     import torch
 
-    from facelab.models import create_model  # imports torch: here, not at module top
-
-    model = predictor.bundle["model"]
+    net = copy.deepcopy(torch_net(predictor))
     torch.manual_seed(seed)
+    for module in net.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
     other = copy.copy(predictor)
-    other.model = create_model(model["name"], predictor.task.num_outputs, pretrained=False,
-                               **model.get("kwargs", {})).eval()
+    other.model = net.eval()
     return other
