@@ -14,6 +14,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check facelab tests bench
+	$(PY) -m mypy
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
