@@ -108,3 +108,25 @@ def test_only_facelab_errors_become_one_line(exc: str, code: int, traceback: boo
     assert ("Traceback" in res.stderr) is traceback, res.stderr
     if not traceback:
         assert res.stderr.startswith("facelab: error: ") and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_architecture_doc_names_real_stages_and_checks() -> None:
+    """docs/ARCHITECTURE.md's layer table is tests/test_layers.py's LAYERS, and every check
+    it cites exists."""
+    import importlib.util
+
+    doc = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
+    spec = importlib.util.spec_from_file_location("layers", Path(__file__).with_name("test_layers.py"))
+    assert spec is not None and spec.loader is not None
+    layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layers)
+    table = doc[doc.index("| layer | stages |"):doc.index("\n\n", doc.index("| layer | stages |"))]
+    rows = [line.split("|")[2] for line in table.splitlines()[2:]]
+    assert [set(re.findall(r"`(\w+)`", row)) for row in rows] == layers.LAYERS
+    for stage in set().union(*layers.LAYERS):
+        assert (PACKAGE / f"{stage}.py").is_file() or (PACKAGE / stage).is_dir(), stage
+    cited = re.findall(r"(test_\w+\.py)(?:::(\w+))?", doc)
+    assert len(cited) >= 20
+    for file, name in cited:
+        text = (Path(__file__).parent / file).read_text()
+        assert not name or f"def {name}(" in text, f"docs/ARCHITECTURE.md cites {file}::{name}, which does not exist"

@@ -44,7 +44,8 @@ class TrainConfig:
     task: str | None = None
     """``binary``, ``multiclass`` or ``multilabel``; None infers it from the data."""
     attrs: list[str] | None = None
-    """Attribute columns to learn (CelebA/CSV), e.g. ``["Smiling", "Eyeglasses"]``; None = all."""
+    """Attribute columns to learn (CelebA/CSV), comma-separated on the command line
+    (``Smiling,Eyeglasses``); None = all."""
     pretrained: bool | None = None
     """Start from ImageNet weights; None = yes for transfer models, no for lenet5/smallvgg."""
     weights: str | None = None
@@ -69,11 +70,12 @@ class TrainConfig:
     schedule: str = "onecycle"
     """Learning-rate schedule per phase: ``onecycle`` or ``cosine``."""
     image_size: int | None = None
-    """Input side in pixels; None = the model's default (64 for lenet5/smallvgg, 128 for timm)."""
+    """Input side in pixels; None = the model's default (64 for lenet5/smallvgg, 160 for the others)."""
     augment: str = "fastai"
     """Augmentation preset (``facelab.augment.PRESETS``)."""
     augment_options: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the preset's fields, e.g. ``{"max_rotate": 20}``."""
+    """Overrides of the preset's fields (``facelab.augment.AugmentConfig``), on the command line
+    ``-A max_rotate=20``."""
     imbalance: str = "auto"
     """``auto`` (weighted loss where the imbalance is large), ``none``, ``weighted`` or ``oversample``."""
     imbalance_ratio: float = 10.0
@@ -129,7 +131,8 @@ class TrainConfig:
     ensemble: int = 1
     """Train this many members (seeds seed..seed+K-1) into ``NAME/m0``.. plus ``ensemble.json``."""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra options for the model (``face-embed``: head, knn_k, ...)."""
+    """Extra options for the model, on the command line ``-M KEY=VALUE``: lenet5/smallvgg
+    ``filters``, ``pool``; timm models e.g. ``drop_rate``; face-embed ``head``, ``knn_k``, ..."""
     tensorboard: bool = True
     """Write TensorBoard logs to ``tb/``."""
     progress: bool = True
