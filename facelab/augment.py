@@ -17,7 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facelab._html import save_grid
+from facelab.data import is_image_file, load_source
 from facelab.errors import ConfigError
+from facelab.images import read_image
+from facelab.prepare import prepare_table
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,6 @@ def preview(images: Sequence[np.ndarray], cfg: AugmentConfig, out: str | Path, p
     """A PNG grid: each row one photo, first the original then ``per_image - 1`` augmentations."""
     import cv2
 
-    from facelab._html import save_grid
-
     g = torch.Generator().manual_seed(seed)
     tiles: list[np.ndarray] = []
     captions: list[str] = []
@@ -172,16 +174,11 @@ def preview(images: Sequence[np.ndarray], cfg: AugmentConfig, out: str | Path, p
 def preview_images(source: str | Path, n: int = 4) -> list[np.ndarray]:
     """The first ``n`` face crops of a data source (through face preparation, as training
     sees them), or the single image ``source``."""
-    from facelab.data import is_image_file, load_source
-    from facelab.images import read_image
-
     source = Path(source)
     if source.is_file() and is_image_file(source):
         return [read_image(source)]
     table = load_source(source)
     table = table.subset(range(min(n, len(table))))
     if table.prepared is None:
-        from facelab.prepare import prepare_table
-
         table = prepare_table(table, None, progress=False)
     return [read_image(p) for p in table.paths]

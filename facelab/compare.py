@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from facelab import templates
+from facelab._html import figure_png
 from facelab._io import read_json, write_bytes, write_text
 from facelab.bundle import bundle_dir_of, read_bundle
 from facelab.errors import ConfigError
@@ -162,8 +163,6 @@ def plot_compare(rows: list[dict[str, Any]]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from facelab._html import figure_png
 
     names = [r["run"] for r in rows]
     acc = [_float(r.get("accuracy")) for r in rows]

@@ -10,7 +10,7 @@ import numpy as np
 
 from facelab import metrics as M
 from facelab._io import read_json, write_json
-from facelab.data import DataError, SampleTable
+from facelab.data import DataError, SampleTable, load_source
 from facelab.ensemble import ENSEMBLE_FILE
 from facelab.evaluate.analysis import context, ensemble_stats, subgroups
 from facelab.evaluate.config import MIN_TUNE_PEOPLE, MIN_TUNE_PHOTOS, EvalResult, EvaluateConfig
@@ -29,8 +29,6 @@ def evaluate(run: str | Path | Sequence[str | Path], data: str | Path, out: str 
     Returns an :class:`EvalResult`; writes metrics.json, report.html, plots/,
     predictions.csv and MODEL_CARD.md into ``out`` (default: the run / ensemble folder).
     """
-    from facelab.data import load_source
-
     config = config or EvaluateConfig(**overrides)
     members, ensemble_dir = resolve_members(run)
     predictors = load_predictors(members)

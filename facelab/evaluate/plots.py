@@ -9,8 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from facelab import metrics as M
+from facelab._html import figure_png, image_grid, png_bytes
 from facelab.data import SampleTable
 from facelab.evaluate.analysis import ensemble_spread
+from facelab.images import ImageError, read_image
 from facelab.templates import fmt as _fmt
 from facelab.tasks import Task
 
@@ -47,8 +49,6 @@ def make_plots(task: Task, metrics: dict, table: SampleTable, member_probs: np.n
 
 
 def plot_confusion(cm: np.ndarray, labels: Sequence[str]) -> bytes:
-    from facelab._html import figure_png
-
     plt = _plt()
     k = len(labels)
     side = min(12.0, 2.5 + 0.3 * k)
@@ -71,8 +71,6 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str]) -> bytes:
 
 
 def plot_roc(y: np.ndarray, score: np.ndarray, auc: float) -> bytes:
-    from facelab._html import figure_png
-
     plt = _plt()
     fpr, tpr = M.roc_curve(y, score)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -87,8 +85,6 @@ def plot_roc(y: np.ndarray, score: np.ndarray, auc: float) -> bytes:
 
 def plot_attributes(per_attr: dict[str, dict]) -> bytes:
     """Accuracy per attribute beside its majority-class baseline, sorted by the lift."""
-    from facelab._html import figure_png
-
     plt = _plt()
     names = sorted(per_attr, key=lambda n: per_attr[n]["accuracy"] - per_attr[n]["baseline_accuracy"])
     acc = [per_attr[n]["accuracy"] for n in names]
@@ -106,8 +102,6 @@ def plot_attributes(per_attr: dict[str, dict]) -> bytes:
 
 
 def plot_reliability(cal: dict) -> bytes:
-    from facelab._html import figure_png
-
     plt = _plt()
     edges = np.asarray(cal["edges"])
     centers = (edges[1:] + edges[:-1]) / 2
@@ -125,8 +119,6 @@ def plot_reliability(cal: dict) -> bytes:
 
 
 def plot_subgroups(subgroups: dict[str, dict]) -> bytes:
-    from facelab._html import figure_png
-
     plt = _plt()
     rows = [(f"{col}: {g}", r["accuracy"], r["n"]) for col, sg in subgroups.items() for g, r in sg["groups"].items()]
     rows = rows[:40]
@@ -141,8 +133,6 @@ def plot_subgroups(subgroups: dict[str, dict]) -> bytes:
 
 
 def _read_thumb(path: Path) -> np.ndarray | None:
-    from facelab.images import ImageError, read_image
-
     try:
         return read_image(path)
     except ImageError as exc:
@@ -152,8 +142,6 @@ def _read_thumb(path: Path) -> np.ndarray | None:
 
 def _grid_png(images: list, captions: list[str], tile: int = 112) -> bytes:
     """A grid whose captions break at "|" (image_grid wraps at a fixed character count)."""
-    from facelab._html import image_grid, png_bytes
-
     width = max(8, tile // 6)  # image_grid's characters per caption line
     lines = [[part[:width].ljust(width) for part in c.split("|")][:3] for c in captions]
     return png_bytes(image_grid(images, ["".join(c).rstrip() for c in lines], cols=8, tile=tile, caption_lines=3))

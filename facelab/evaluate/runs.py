@@ -8,10 +8,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from facelab._progress import progress as progress_bar
+from facelab.backends import load
 from facelab.bundle import BUNDLE_FILE, bundle_dir_of
 from facelab.data import DataError, SampleTable
 from facelab.ensemble import is_ensemble, read_members
 from facelab.errors import ConfigError, NotFound
+from facelab.images import read_image
+from facelab.prepare import prepare_table
 from facelab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -52,8 +56,6 @@ def bundle_json_path(run: Path) -> Path:
 
 
 def load_predictors(members: Sequence[Path]) -> list[Any]:
-    from facelab.backends import load
-
     predictors = [load(m) for m in members]
     first = predictors[0]
     for m, p in zip(members[1:], predictors[1:]):
@@ -108,17 +110,12 @@ def prepared(table: SampleTable, prepare: dict | None, progress: bool) -> Sample
         return table
     if not prepare:
         return table
-    from facelab.prepare import prepare_table
-
     return prepare_table(table, prepare, progress=progress)
 
 
 def predict_table(predictors: Sequence[Any], table: SampleTable, batch_size: int = 64,
                   progress: bool = True) -> np.ndarray:
     """Probabilities of every member for every (crop) photo: float32 (members, N, L)."""
-    from facelab._progress import progress as progress_bar
-    from facelab.images import read_image
-
     out = np.zeros((len(predictors), len(table), len(predictors[0].labels)), np.float32)
     bar = progress_bar(len(table), "evaluate", enabled=progress)
     for start in range(0, len(table), batch_size):

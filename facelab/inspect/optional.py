@@ -7,15 +7,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from facelab.backends import load
 from facelab.data import SampleTable
+from facelab.embed import embed_crops
+from facelab.images import ImageError, read_image
 from facelab.inspect.checks import groups_of_rows
 from facelab.inspect.config import Finding, ImageStats, InspectConfig
+from facelab.prepare import PrepareConfig, run_files
+from facelab.tasks import infer_task, targets_from_table
 
 
 def check_faces(table: SampleTable, cfg: InspectConfig, progress: bool) -> tuple[list[Finding], dict]:
     """Face detection outcome per label, through facelab.prepare (its cache makes re-runs fast)."""
-    from facelab.prepare import PrepareConfig, run_files
-
     pcfg = PrepareConfig(detector=cfg.detector) if cfg.detector else PrepareConfig()
     results = run_files(table.paths, pcfg, workers=cfg.workers, progress=progress, desc="inspect faces")
     per: dict[str, Counter] = {}
@@ -48,9 +51,6 @@ def _several_faces_policy(pcfg: Any) -> str:
 def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats | None],
                                  k: int = 5, progress: bool = True) -> list[Finding]:
     """Photos whose face embedding sits with another class (kNN majority and nearest centroid)."""
-    from facelab.embed import embed_crops
-    from facelab.images import read_image
-
     if table.kind != "classes":
         return [Finding("label-error", "info", "the embedding check needs classes (not attributes)")]
     rows = [i for i, s in enumerate(stats) if s is not None]
@@ -78,16 +78,12 @@ def check_label_errors_embedding(table: SampleTable, stats: Sequence[ImageStats 
 
 def _load_run(run: str) -> Any:
     """``facelab.load(run)``: any backend (a CNN run, a face-embed run, an export, an ensemble)."""
-    from facelab.backends import load
-
     return load(run)
 
 
 def _run_crops(table: SampleTable, bundle: dict, cfg: InspectConfig, progress: bool) -> dict[int, np.ndarray]:
     """Row -> the aligned crop the run would see (prepared folders are crops already;
     otherwise the run's own face preparation, through facelab.prepare's cache)."""
-    from facelab.images import ImageError, read_image
-
     if table.prepared:
         crops = {}
         for i, p in enumerate(table.paths):
@@ -96,8 +92,6 @@ def _run_crops(table: SampleTable, bundle: dict, cfg: InspectConfig, progress: b
             except ImageError:
                 continue
         return crops
-    from facelab.prepare import PrepareConfig, run_files
-
     results = run_files(table.paths, PrepareConfig.from_dict(bundle.get("prepare")), workers=cfg.workers,
                         progress=progress, desc="inspect run")
     return {i: read_image(r.crops[0]) for i, r in enumerate(results) if r.crops}
@@ -107,8 +101,6 @@ def check_label_errors_run(table: SampleTable, cfg: InspectConfig, progress: boo
     """Photos where a trained model confidently disagrees with the label: it gives the
     labelled class at most ``1 - cfg.disagree`` (multilabel: is off by more than
     ``cfg.disagree`` on an attribute)."""
-    from facelab.tasks import infer_task, targets_from_table
-
     predictor = _load_run(str(cfg.run))
     task = infer_task(table)
     if list(predictor.labels) != list(task.labels):

@@ -11,6 +11,7 @@ import numpy as np
 from facelab import _html, templates
 from facelab._io import write_bytes
 from facelab.data import SPLITS, SampleTable
+from facelab.images import ImageError, read_image
 from facelab.inspect.checks import groups_of_rows
 from facelab.inspect.config import PROPERTIES, SEVERITIES, Finding, ImageStats, InspectConfig
 
@@ -61,8 +62,6 @@ def _property_png(table: SampleTable, stats: Sequence[ImageStats | None]) -> byt
 
 
 def _thumb(path: Path, side: int = 96) -> np.ndarray | None:
-    from facelab.images import ImageError, read_image
-
     try:
         rgb = read_image(path)
     except ImageError:

@@ -8,7 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
+from facelab._io import os_reason
 from facelab._phash import fingerprint
+from facelab._progress import progress as progress_bar
+from facelab.images import ImageError, decode_image
 from facelab.inspect.config import ImageStats
 
 
@@ -16,9 +19,6 @@ def _stats(path: Path) -> ImageStats:
     import hashlib
 
     from PIL import Image
-
-    from facelab._io import os_reason
-    from facelab.images import ImageError, decode_image
 
     try:
         data = path.read_bytes()
@@ -38,9 +38,6 @@ def _stats(path: Path) -> ImageStats:
 
 def scan(paths: Sequence[Path], workers: int = 2, progress: bool = True) -> tuple[list[ImageStats | None], dict[int, str]]:
     """Statistics of every photo (None where unreadable) and the reason per unreadable index."""
-    from facelab._progress import progress as progress_bar
-    from facelab.images import ImageError
-
     def one(p: Path) -> ImageStats | str:
         try:
             return _stats(p)
