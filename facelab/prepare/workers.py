@@ -217,7 +217,7 @@ def _map_processes(todo: list[tuple[str, str | None]], config: PrepareConfig, ca
     pending: deque = deque()
     try:
         for chunk in chunks:
-            pending.append((pool.submit(_process_chunk, chunk), chunk))
+            pending.append((_submit(pool, chunk, BrokenProcessPool), chunk))
             if len(pending) >= 4 * workers:
                 yield from pending[0][0].result()
                 pending.popleft()
@@ -232,6 +232,16 @@ def _map_processes(todo: list[tuple[str, str | None]], config: PrepareConfig, ca
                           "from the cache), or with --threads to stay in one process") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool: Any, chunk: list, broken: type[Exception]) -> Any:
+    """``pool.submit`` that reports a pool broken mid-call as broken: when a worker dies while
+    this thread submits, the executor's wake-up pipe may already be closed and the call
+    raises ``OSError: Bad file descriptor`` instead (Python 3.11)."""
+    try:
+        return pool.submit(_process_chunk, chunk)
+    except OSError as exc:
+        raise broken(f"the pool broke while a chunk was submitted ({exc})") from exc
 
 
 def _stop_broken(pool: Any, processes: Mapping[int, Any] | None) -> None:
