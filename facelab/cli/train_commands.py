@@ -6,6 +6,7 @@ default and help from the field), with the names the CLI has always had.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -82,8 +83,9 @@ def train_cmd(
         prepare["detector"] = detector
     values["prepare"] = prepare or None
     run = train(TrainConfig(data=str(data), **values))
-    typer.echo(f"run:    {run}")
-    typer.echo(f"next:   facelab evaluate {run}")
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every rank returns; one says where the run is
+        typer.echo(f"run:    {run}")
+        typer.echo(f"next:   facelab evaluate {run}")
 
 
 @options(TrainConfig, include=LR_FIND_FIELDS, flags=TRAIN_FLAGS)
