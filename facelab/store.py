@@ -35,7 +35,10 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from facelab._io import atomic_path, write_json
+from facelab._progress import progress as progress_bar
+from facelab.bundle import resize_crops
 from facelab.errors import DataError
+from facelab.images import read_image
 
 if TYPE_CHECKING:
     import torch
@@ -94,8 +97,6 @@ def build_shards(spec: StoreSpec, paths: Sequence[Path | str], shards: Iterable[
     """Write the shards (all, or those listed) that are not on disk yet; returns those written.
 
     One shard is in memory at a time. Decoding and resizing are ``load_crops``'s."""
-    from facelab._progress import progress as progress_bar
-
     todo = [s for s in (range(spec.shards) if shards is None else shards) if not spec.shard_path(s).is_file()]
     total = sum(len(spec.shard_range(s)) for s in todo)
     with progress_bar(total, "writing crop store", enabled=progress and bool(todo)) as bar:
@@ -105,9 +106,6 @@ def build_shards(spec: StoreSpec, paths: Sequence[Path | str], shards: Iterable[
 
 
 def _write_shard(spec: StoreSpec, s: int, paths: Sequence[Path | str], bar: object) -> None:
-    from facelab.bundle import resize_crops
-    from facelab.images import read_image
-
     arr = np.empty((len(paths), spec.size, spec.size, 3), np.uint8)
     for i, p in enumerate(paths):
         arr[i] = resize_crops([read_image(p)], spec.size)[0]

@@ -11,10 +11,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from facelab import store as S
+from facelab._progress import progress as progress_bar
 from facelab.bundle.spec import resize_crops
 from facelab.data import DataError, SampleTable, load_source
+from facelab.groups import describe_groups, embedding_groups
+from facelab.images import read_image
+from facelab.prepare import as_config, default_cache_dir, prepare_table
 from facelab.splits import official_split, split_indices, without_test_split
-from facelab import store as S
 from facelab.store import CropStore
 from facelab.tasks import Task, infer_task, targets_from_table
 from facelab.train.config import TrainConfig
@@ -66,8 +70,6 @@ def load_table(config: TrainConfig) -> SampleTable:
 def prepared_table(table: SampleTable, config: TrainConfig) -> tuple[SampleTable, dict | None]:
     """Raw photos -> cached aligned crops (the same pipeline as `facelab prepare`); a
     prepared source is used as is. Returns the table and the PrepareConfig dict."""
-    from facelab.prepare import as_config, prepare_table
-
     if table.prepared is not None:
         return table, as_config(table.prepared.get("config")).to_dict()
     prep = as_config(config.prepare)
@@ -80,9 +82,6 @@ def prepared_table(table: SampleTable, config: TrainConfig) -> tuple[SampleTable
 
 def load_crops(paths: Sequence[Path], size: int, progress: bool) -> np.ndarray:
     """Decode and resize every crop once (uint8 in memory; faces are small)."""
-    from facelab._progress import progress as progress_bar
-    from facelab.images import read_image
-
     out = np.empty((len(paths), size, size, 3), np.uint8)
     with progress_bar(len(paths), "loading crops", enabled=progress) as bar:
         for i, p in enumerate(paths):
@@ -140,8 +139,6 @@ def open_stores(table: SampleTable, train_rows: np.ndarray, valid_rows: np.ndarr
     missing). Under DDP each rank builds the training shards it reads and rank 0 the valid
     shards; after a barrier, a rank that still misses a shard (a cache folder local to each
     machine) builds it itself."""
-    from facelab.prepare import default_cache_dir
-
     rank, world = (rt.rank, rt.world) if rt is not None else (0, 1)
     local_main = int(os.environ.get("LOCAL_RANK", rank)) == 0
     root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
@@ -184,8 +181,6 @@ def group_people(table: SampleTable, task: Task, prep: dict | None,
     group ids as identities, unless the classes themselves are people) and the report."""
     if not config.group_people or table.has_identities or official_split(table) is not None:
         return table, None
-    from facelab.groups import describe_groups, embedding_groups
-
     log.info("%s has no identity labels: grouping photos of the same person by face embedding", table.root)
     groups = embedding_groups(table.paths, prep, progress=config.progress)
     names = list(task.labels) if table.kind == "classes" else list(table.label_names)

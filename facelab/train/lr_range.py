@@ -10,6 +10,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from facelab._html import figure_png
+from facelab._io import write_bytes
 from facelab.bundle.spec import InputSpec
 from facelab.models import create_model, get_spec
 from facelab.train.config import TrainConfig
@@ -93,9 +95,6 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float
 
 def plot_lr_find(result: dict[str, Any], path: str | Path) -> Path:
     """The loss-vs-learning-rate curve as a PNG, suggestions marked."""
-    from facelab._html import figure_png
-    from facelab._io import write_bytes
-
     import matplotlib
 
     matplotlib.use("Agg")
