@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from facelab.bundle import Predictor
 from facelab.errors import ConfigError
 from facelab.explain.config import CAM_METHODS
 from facelab.explain.hooks import disable_inplace, find_cam_layer, to_tensor, torch_net
@@ -58,7 +59,7 @@ def _score(task: Any, logits: "torch.Tensor", index: Sequence[int]) -> "torch.Te
     return logits.gather(1, idx[:, None]).sum()
 
 
-def class_activation_maps(predictor: Any, crops: Sequence[np.ndarray], index: Sequence[int],
+def class_activation_maps(predictor: Predictor, crops: Sequence[np.ndarray], index: Sequence[int],
                           method: str = "gradcam", layer: str | None = None) -> np.ndarray:
     """CAMs (N, H, W) in [0, 1] over each crop, for output ``index[i]`` of photo i. A map is all
     zero when nothing in the crop speaks FOR that output (the CAM keeps positive evidence only),

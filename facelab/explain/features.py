@@ -2,10 +2,10 @@
 its activation and after pooling; and the first layer's filters as images."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
+from facelab.bundle import Predictor
 from facelab.errors import ConfigError
 from facelab.explain.hooks import leaf_outputs, to_tensor, torch_net
 
@@ -14,7 +14,7 @@ _ACTIVATIONS = ("ReLU", "ReLU6", "LeakyReLU", "SiLU", "GELU", "ELU", "Hardswish"
 _POOLS = ("MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "LPPool2d")
 
 
-def feature_maps(predictor: Any, crop: np.ndarray, blocks: int = 3) -> list[tuple[str, np.ndarray]]:
+def feature_maps(predictor: Predictor, crop: np.ndarray, blocks: int = 3) -> list[tuple[str, np.ndarray]]:
     """For the first ``blocks`` convolutions: (caption, maps (C, h, w)) after the convolution,
     after its activation and after pooling (each where the network has one before the next
     convolution; functional activations inside ``forward`` have no module and are not seen)."""
@@ -36,7 +36,7 @@ def feature_maps(predictor: Any, crop: np.ndarray, blocks: int = 3) -> list[tupl
     return out
 
 
-def first_layer_filters(predictor: Any) -> np.ndarray:
+def first_layer_filters(predictor: Predictor) -> np.ndarray:
     """The first convolution's kernels as images (O, k, k, 3) uint8 (one-channel kernels grey)."""
     import torch
 

@@ -14,13 +14,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from facelab.detect import Face
 
 
-def crop_transform(face: "Face", prepare: dict) -> np.ndarray:
+def crop_transform(face: "Face", prepare: dict | None) -> np.ndarray:
     """The 2x3 matrix that took the original photo to the aligned crop (as align_face does)."""
     c = as_config(prepare)
     return similarity_transform(face.landmarks, template_points(c.template, c.size, c.margin))
 
 
-def to_original(cam: np.ndarray, face: "Face", prepare: dict, shape: tuple[int, ...]) -> np.ndarray:
+def to_original(cam: np.ndarray, face: "Face", prepare: dict | None, shape: tuple[int, ...]) -> np.ndarray:
     """The crop's heat map warped back onto the original photo of ``shape`` (0 outside the crop)."""
     import cv2
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from facelab.bundle import InputSpec
+from facelab.bundle import Predictor
 from facelab.errors import ConfigError
 from facelab.explain.config import MIN_CAM_SIDE
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def torch_net(predictor: Any) -> "torch.nn.Module":
+def torch_net(predictor: Predictor) -> "torch.nn.Module":
     """The predictor's PyTorch module (a bundle with another backend cannot be explained)."""
     import torch
 
@@ -22,16 +22,16 @@ def torch_net(predictor: Any) -> "torch.nn.Module":
         net = getattr(predictor, attr, None)
         if isinstance(net, torch.nn.Module):
             return net
-    backend = predictor.bundle.get("model", {}).get("backend")
+    backend = predictor.info.model.backend
     raise ConfigError(f"explain needs a PyTorch model; this bundle's backend is {backend!r} "
                      f"(explain the training run folder, not an ONNX export)")
 
 
-def to_tensor(predictor: Any, crops: Sequence[np.ndarray], net: "torch.nn.Module") -> "torch.Tensor":
+def to_tensor(predictor: Predictor, crops: Sequence[np.ndarray], net: "torch.nn.Module") -> "torch.Tensor":
     """Crops -> the network's input batch on its device, through the bundle's
     :class:`~facelab.bundle.InputSpec` (the one preprocessing training and every predictor
     use). Every network of facelab.models takes RGB, so there is no one-channel case."""
-    spec = InputSpec.from_dict(predictor.bundle["input"])
+    spec = predictor.spec
     return spec.preprocess(spec.batch(crops), next(net.parameters()).device)
 
 

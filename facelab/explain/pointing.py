@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from facelab.bundle import Predictor
 from facelab.errors import DataError
 from facelab.explain.cam import class_activation_maps, target_index
 from facelab.explain.geometry import to_original
@@ -66,14 +67,14 @@ def face_photos(prepare: dict, paths: Sequence[str | Path]) -> list[FacePhoto]:
     return out
 
 
-def pointing_game(predictor: Any, photos: Sequence[FacePhoto], target: str | None = None, method: str = "gradcam",
+def pointing_game(predictor: Predictor, photos: Sequence[FacePhoto], target: str | None = None, method: str = "gradcam",
                   layer: str | None = None, batch: int = 32) -> PointingGame:
     """Explain ``target`` (None: each photo's prediction, as :func:`facelab.explain.explain`
     does) on every photo and count the maps whose peak on the ORIGINAL photo (through
     :func:`to_original`) lies inside the detected face box."""
     if not photos:
         raise DataError("pointing_game needs at least one photo with a face; pass photos in which one is found")
-    prepare = predictor.bundle["prepare"]
+    prepare = predictor.info.prepare
     hits, empty, chance = 0, 0, []
     for start in range(0, len(photos), batch):
         chunk = photos[start:start + batch]
@@ -94,7 +95,7 @@ def pointing_game(predictor: Any, photos: Sequence[FacePhoto], target: str | Non
     return PointingGame(n, hits / n, empty / n, float(np.mean(chance)))
 
 
-def randomized(predictor: Any, seed: int = 0) -> Any:
+def randomized(predictor: Predictor, seed: int = 0) -> Any:
     """A copy of ``predictor`` whose network has fresh random weights (same architecture and
     preprocessing): the "model randomisation" sanity check of Adebayo et al. (2018). Maps that
     look the same for it as for the trained model show the architecture, not what was learnt.
@@ -114,5 +115,5 @@ def randomized(predictor: Any, seed: int = 0) -> Any:
         if callable(reset):
             reset()
     other = copy.copy(predictor)
-    other.model = net.eval()
+    other.model = net.eval()  # type: ignore[attr-defined]  # the PyTorch backend's network (torch_net found it)
     return other

@@ -3,10 +3,11 @@ grids, and one self-contained ``explain.html`` (facelab._html: images as data UR
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from facelab.bundle import Predictor
 from facelab._html import escape, image_grid, img_tag, png_bytes, write_page
 from facelab._io import write_bytes
 from facelab.explain.config import ExplainConfig, Explanation
@@ -66,7 +67,7 @@ def filters_grid(filters: np.ndarray, limit: int = 64) -> np.ndarray:
     return image_grid(tiles, None, cols=16, tile=48)
 
 
-def write_outputs(out: Path, predictor: Any, items: list[Explanation], config: ExplainConfig) -> dict[str, Path]:
+def write_outputs(out: Path, predictor: Predictor, items: list[Explanation], config: ExplainConfig) -> dict[str, Path]:
     """One picture per face (crop, its map, the map on the photo), a grid of all faces, the
     feature maps and filters, and ``explain.html`` holding them all; returns name -> file."""
     files: dict[str, Path] = {}
@@ -92,7 +93,7 @@ def write_outputs(out: Path, predictor: Any, items: list[Explanation], config: E
         files["filters"] = write_bytes(out / "filters.png", filters)
         sections += [(f"Feature maps of {Path(items[0].path).name}: after convolution, activation and pooling",
                       img_tag(maps, "feature maps")), ("First-layer filters", img_tag(filters, "filters"))]
-    model = predictor.bundle.get("model", {}).get("name", "?")
+    model = predictor.info.model.name or "?"
     files["html"] = write_page(out / "explain.html", "facelab explain", sections,
                                escape(f"Model: {model}; method: {config.method}"))
     return files

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from facelab.bundle import Predictor
 from facelab._progress import progress
 from facelab.backends import load
 from facelab.errors import ConfigError, DataError
@@ -49,14 +50,14 @@ def _progress(images: Sequence[str | Path]) -> Iterator[str | Path]:
             bar.update()
 
 
-def explain_photo(predictor: Any, path: str | Path, config: ExplainConfig) -> Explanation | None:
+def explain_photo(predictor: Predictor, path: str | Path, config: ExplainConfig) -> Explanation | None:
     """One photo -> its explanation (the largest face), or None (logged) when impossible."""
     try:
         rgb = read_image(path)
     except ImageError as exc:
         log.warning("explain: skipped %s", exc)
         return None
-    prepare = predictor.bundle.get("prepare")
+    prepare = predictor.info.prepare
     face = None
     if config.aligned or not prepare:
         crop = rgb
