@@ -1,4 +1,4 @@
-"""CLI commands of the collect stage (see facelab/collect.py)."""
+"""CLI commands of the collect stage (see facelab/collect/)."""
 from __future__ import annotations
 
 from pathlib import Path

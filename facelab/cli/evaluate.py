@@ -1,4 +1,4 @@
-"""CLI commands of the evaluate stage (see facelab/evaluate.py and facelab/compare.py)."""
+"""CLI commands of the evaluate stage (see facelab/evaluate/ and facelab/compare.py)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""CLI commands of the explain stage (see facelab/explain.py)."""
+"""CLI commands of the explain stage (see facelab/explain/)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""CLI commands of the export stage (see facelab/export.py)."""
+"""CLI commands of the export stage (see facelab/export/)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""CLI commands of the inspect stage (see facelab/inspect.py)."""
+"""CLI commands of the inspect stage (see facelab/inspect/)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""CLI commands of the predict stage (see facelab/predict.py)."""
+"""CLI commands of the predict stage (see facelab/predict/)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""CLI commands of the prepare stage (see facelab/prepare.py)."""
+"""CLI commands of the prepare stage (see facelab/prepare/)."""
 from __future__ import annotations
 
 from pathlib import Path
