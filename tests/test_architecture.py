@@ -19,6 +19,8 @@ LAZY_ENTRY_POINTS = {"__init__.py", "__main__.py", "cli"}
 ALLOWED_LAZY = {
     ("facelab/bundle/predictor.py", "facelab.models"):
         "facelab.models imports torch at its top; the ONNX backend (same package) must load without torch",
+    ("facelab/serve/app.py", "facelab.serve.routes"):
+        "routes declares its endpoints with FastAPI at its top; `import facelab.serve` (ServeConfig, serve) loads no fastapi",
 }
 
 

@@ -21,9 +21,13 @@ import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from facelab import __version__
+from facelab._deps import require
 from facelab.errors import ConfigError
+from facelab.serve import guard, logs
 from facelab.serve.auth import check_key
 from facelab.serve.errors import ACCEPTED, FORM_OVERHEAD, ApiError
+from facelab.serve.middleware import InFlightLimit, SecurityHeaders
 from facelab.serve.service import LoadedModel, Service, _iou, batch_fn
 from facelab.serve.settings import API_KEY_ENV, DIGEST_ENV, ApiKey, ServeConfig
 from facelab.serve.uploads import FormParser, image_of_form, parse_multipart, read_upload
@@ -68,10 +72,7 @@ def create_app(config: ServeConfig, key: ApiKey | None = None) -> Any:
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
-    from facelab import __version__
-    from facelab.serve import guard
-    from facelab.serve.middleware import InFlightLimit, SecurityHeaders
-    from facelab.serve.routes import api_router
+    from facelab.serve.routes import api_router  # FastAPI at its top: ALLOWED_LAZY in tests/test_architecture.py
 
     service = Service(config)
     guard.configure(config.guard_limits())
@@ -149,8 +150,6 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
     pydantic-settings in :func:`app_from_env`) with the API key replaced by its salted
     digest (``FACELAB_API_KEY_DIGEST``); ``FACELAB_API_KEY`` is removed from the
     environment they inherit."""
-    from facelab.serve import guard, logs
-
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if log_level.lower() not in logs.LEVELS:
@@ -203,7 +202,5 @@ def app_from_env() -> Any:
 
 
 def _require_uvicorn() -> Any:
-    from facelab._deps import require
-
     return require("uvicorn", "uvicorn[standard]", "facelab serve")
 

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from starlette.requests import HTTPConnection
 
+from facelab.serve import guard
 from facelab.serve.auth import check_key, key_of, refuse_key_in_url, ws_key, ws_subprotocol
 from facelab.serve.errors import ApiError
 from facelab.serve.service import LoadedModel, Service
@@ -71,8 +72,6 @@ def api_router() -> APIRouter:
 
 async def healthz(service: Service = Depends(get_service)) -> dict[str, Any]:
     """Liveness: which models are loaded and how batching went so far."""
-    from facelab.serve import guard
-
     return {"status": "ok", **service.health(), "connections": guard.current().to_dict()}
 
 

@@ -21,6 +21,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from facelab.detect import create_detector
+from facelab.images import UPLOAD_FORMATS, ImageError, upright_size
+from facelab.predict import backend_of, classify_crops, face_dict, face_pipeline, load_predictor, model_name, prediction_dict
+from facelab.prepare import FacePipeline
 from facelab.serve.batching import MicroBatcher
 from facelab.serve.errors import ApiError, image_error
 from facelab.serve.settings import ServeConfig
@@ -38,8 +42,6 @@ class LoadedModel:
     """Face-preparation config digest: models sharing it share one detection per image."""
 
     def info(self) -> dict[str, Any]:
-        from facelab.predict import backend_of
-
         b = self.predictor.bundle
         return {"name": self.name, "backend": backend_of(self.predictor),
                 "task": self.predictor.task.to_dict(), "input_size": b["input"]["size"],
@@ -60,8 +62,6 @@ class Service:
     _configs: dict[str, Any] = field(default_factory=dict)
 
     def load(self) -> None:
-        from facelab.predict import backend_of, face_pipeline, load_predictor, model_name
-
         threads = self.config.threads or os.cpu_count() or 2
         self.cpu_pool = ThreadPoolExecutor(threads, thread_name_prefix="facelab-cpu")
         self.model_pool = ThreadPoolExecutor(max(1, len(self.config.runs)), thread_name_prefix="facelab-model")
@@ -98,9 +98,6 @@ class Service:
 
     def pipeline(self, digest: str) -> Any:
         """This thread's own face pipeline (detectors need not be thread-safe)."""
-        from facelab.detect import create_detector
-        from facelab.prepare import FacePipeline
-
         mine = self._local.__dict__.setdefault("pipelines", {})
         if digest not in mine:
             config = self._configs[digest]
@@ -120,8 +117,6 @@ class Service:
 
     # ------------------------------------------------------------------ one image
     def _decode_and_detect(self, data: bytes, digests: list[str]) -> tuple[tuple[int, int], dict[str, list]]:
-        from facelab.images import UPLOAD_FORMATS, ImageError, upright_size
-
         # process_file: the upload is decoded the way training decoded its photos (a JPEG at
         # the smallest DCT scale that suffices), so the crop is the one training would cut
         try:
@@ -136,8 +131,6 @@ class Service:
     async def analyse(self, data: bytes, models: list[LoadedModel]) -> dict[str, Any]:
         """Image bytes (within the upload limit: :func:`facelab.serve.uploads.check_size`)
         -> the JSON answer: faces with every selected model's prediction."""
-        from facelab.predict import prediction_dict
-
         t0 = time.perf_counter()
         digests = sorted({m.digest for m in models})
         loop = asyncio.get_running_loop()
@@ -185,8 +178,6 @@ def _face_entry(faces: list[dict[str, Any]], face: Any) -> dict[str, Any]:
     for entry in faces:
         if _iou(entry["box"], face.box) >= 0.5:
             return entry
-    from facelab.predict import face_dict
-
     entry = {**face_dict(face), "predictions": {}}
     faces.append(entry)
     return entry
@@ -204,8 +195,6 @@ def _iou(a: Any, b: Any) -> float:
 def batch_fn(predictor: Any) -> Callable[[list[np.ndarray]], list[tuple[np.ndarray, str | None, Any]]]:
     """The batched model call: crops -> [(probabilities, open-set identity or None, ensemble
     spread or None)]."""
-    from facelab.predict import classify_crops
-
     def run(crops: list[np.ndarray]) -> list[tuple[np.ndarray, str | None, Any]]:
         return list(zip(*classify_crops(predictor, crops)))
     return run

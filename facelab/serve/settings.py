@@ -17,6 +17,8 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from facelab.errors import ConfigError
+from facelab.predict import BACKENDS
+from facelab.serve.guard import GuardLimits
 
 ENV_PREFIX = "FACELAB_"
 API_KEY_ENV = f"{ENV_PREFIX}API_KEY"
@@ -106,8 +108,6 @@ class ServeConfig(BaseSettings):
         self._check()
 
     def _check(self) -> None:
-        from facelab.predict import BACKENDS
-
         if not self.runs:
             raise ConfigError("serve needs at least one run folder")
         if self.backend not in BACKENDS:
@@ -143,9 +143,7 @@ class ServeConfig(BaseSettings):
             env[DIGEST_ENV] = key.encode()
         return env
 
-    def guard_limits(self) -> Any:
-        from facelab.serve.guard import GuardLimits
-
+    def guard_limits(self) -> GuardLimits:
         return GuardLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
                            max_idle=self.max_idle_connections, max_header_bytes=self.max_header_bytes)
 
