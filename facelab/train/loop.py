@@ -148,14 +148,7 @@ def train_one_epoch(loop: Loop, batches: list[torch.Tensor], g: torch.Generator,
         y = data.task.target(rt.to_device(rt.gather(data.train_y, idx)))
         with rt.autocast():
             loss = loop.loss_fn(loop.net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        if loop.scaler is not None:
-            loop.scaler.scale(loss).backward()
-            loop.scaler.step(opt)
-            loop.scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        optimizer_step(loop, opt, loss)
         loop.scheduler.step()
         total += loss.detach().to(total.dtype) * len(idx)
         seen += len(idx)
@@ -164,6 +157,18 @@ def train_one_epoch(loop: Loop, batches: list[torch.Tensor], g: torch.Generator,
             if not rt.cuda or step % POSTFIX_EVERY == 0:
                 bar.set_postfix(loss=f"{float(total) / seen:.4f}")
     return float(total) / max(seen, 1), seen
+
+
+def optimizer_step(loop: Loop, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss`` (through the fp16 loss scaler where there is one)."""
+    opt.zero_grad(set_to_none=True)
+    if loop.scaler is not None:
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(opt)
+        loop.scaler.update()
+    else:
+        loss.backward()
+        opt.step()
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from facelab.models import create_model, get_spec
 from facelab.train.config import TrainConfig
 from facelab.train.dataset import load_data
 from facelab.train.imbalance import class_balance
-from facelab.train.loop import Loop
+from facelab.train.loop import Loop, optimizer_step
 from facelab.train.runtime import make_runtime
 
 __all__ = ["lr_find", "plot_lr_find", "suggest_lr"]
@@ -65,14 +65,7 @@ def _range_test(loop: Loop, g: torch.Generator, start: float, end: float, steps:
         with rt.autocast():
             out = loop.model(rt.to_input(d.train_x[idx], loop.augment, g)).float()
         loss = loop.loss_fn(out, rt.to_device(d.task.target(d.train_y[idx])))
-        opt.zero_grad(set_to_none=True)
-        if loop.scaler is not None:
-            loop.scaler.scale(loss).backward()
-            loop.scaler.step(opt)
-            loop.scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        optimizer_step(loop, opt, loss)
         smooth = 0.9 * smooth + 0.1 * float(loss.detach())  # read every step: the curve needs it
         value = smooth / (1 - 0.9 ** (i + 1))
         lrs.append(lr)
