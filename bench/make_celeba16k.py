@@ -1,5 +1,6 @@
 """Build ``data/celeba-16k``: 15,723 real CelebA photos in the official layout, for the
-CelebA-sized benchmark (bench/celeba40.py). Never committed (data/ is git-ignored).
+CelebA-sized benchmarks (bench/celeba40.py;
+bench/scale.py --src data/celeba-16k). Never committed (data/ is git-ignored).
 
 Sources (public snapshots named in ../shared/data/README.md; bring them with the `fetch`
 look-up, or `git clone` + `git checkout COMMIT` when online):
@@ -54,8 +55,9 @@ def extract_photos(mirrors: Path, images: Path) -> int:
         tar = tarfile.open(fileobj=io.BytesIO(_git(_repo(mirrors, name), "archive", commit, folder)))
         for member in tar:
             target = images / Path(member.name).name
-            if member.isfile() and member.name.endswith(".jpg") and not target.exists():
-                target.write_bytes(tar.extractfile(member).read())
+            data = tar.extractfile(member) if member.name.endswith(".jpg") and not target.exists() else None
+            if data is not None:  # None: not a photo, one already taken, or not a regular file
+                target.write_bytes(data.read())
                 n += 1
     return n
 
@@ -70,7 +72,7 @@ def write_annotations(mirrors: Path, out: Path) -> dict[str, int]:
     (out / "list_attr_celeba.txt").write_text(f"{len(rows)}\n{lines[1]}\n" + "\n".join(rows) + "\n")
     files = {"list_eval_partition.txt": _git(labels, "show", f"{LABELS[1]}:list_eval_partition.txt"),
              "identity_CelebA.txt": _git(_repo(mirrors, PHOTOS[0][0]), "show", f"{PHOTOS[0][1]}:identity_CelebA.txt")}
-    counts = {}
+    counts: dict[str, int] = {}
     for fname, raw in files.items():
         keep = [line for line in raw.decode().splitlines() if line.split() and line.split()[0] in have]
         (out / fname).write_text("\n".join(keep) + "\n")
