@@ -10,12 +10,13 @@ import numpy as np
 
 from facelab import metrics as M
 from facelab._io import read_json, write_json
+from facelab.bundle import BUNDLE_FILE, Bundle
 from facelab.data import DataError, SampleTable, load_source
 from facelab.ensemble import ENSEMBLE_FILE
 from facelab.evaluate.analysis import context, ensemble_stats, subgroups
 from facelab.evaluate.config import MIN_TUNE_PEOPLE, MIN_TUNE_PHOTOS, EvalResult, EvaluateConfig
 from facelab.evaluate.report import write_outputs
-from facelab.evaluate.runs import bundle_json_path, load_predictors, prepared, predict_table, resolve_members, task_targets
+from facelab.evaluate.runs import load_predictors, prepared, predict_table, resolve_members, task_targets
 from facelab.splits import split_indices
 from facelab.tasks import Task
 
@@ -172,7 +173,4 @@ def save_thresholds(members: Sequence[Path], ensemble_dir: Path | None, threshol
     if len(members) != 1:
         log.info("several runs without an ensemble folder: tuned thresholds reported, not saved")
         return []
-    path = bundle_json_path(members[0])
-    bundle = read_json(path)
-    bundle["task"]["thresholds"] = [float(t) for t in thresholds]
-    return [write_json(path, bundle)]
+    return [Bundle.read(members[0]).with_thresholds(thresholds).write() / BUNDLE_FILE]
