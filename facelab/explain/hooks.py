@@ -35,14 +35,17 @@ def to_tensor(predictor: Predictor, crops: Sequence[np.ndarray], net: "torch.nn.
     return spec.preprocess(spec.batch(crops), next(net.parameters()).device)
 
 
-def leaf_outputs(net: "torch.nn.Module", x: "torch.Tensor") -> list[tuple[str, str, Any]]:
-    """(name, type, output) of every leaf module, in the order they ran."""
+def _hooked_forward(net: "torch.nn.Module", x: "torch.Tensor", modules: list[tuple[str, Any]],
+                    keep_inplace: bool = True) -> list[tuple[str, Any, Any]]:
+    """(name, module, output) of each of ``modules`` in the order their forward passes
+    FINISHED, from one no-grad forward pass of ``net`` (hooks removed afterwards).
+    ``keep_inplace=False`` turns in-place activations off meanwhile, so an output kept here
+    is not overwritten by the ReLU after it."""
     import torch
 
-    seen: list[tuple[str, str, Any]] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=name: seen.append((n, type(mod).__name__, o)))
-               for name, m in net.named_modules() if not list(m.children())]
-    inplace = disable_inplace(net)  # else ReLU(inplace=True) overwrites the conv output we keep
+    seen: list[tuple[str, Any, Any]] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: seen.append((n, mod, o))) for name, m in modules]
+    inplace = [] if keep_inplace else disable_inplace(net)
     try:
         with torch.no_grad():
             net(x)
@@ -54,21 +57,17 @@ def leaf_outputs(net: "torch.nn.Module", x: "torch.Tensor") -> list[tuple[str, s
     return seen
 
 
+def leaf_outputs(net: "torch.nn.Module", x: "torch.Tensor") -> list[tuple[str, str, Any]]:
+    """(name, type, output) of every leaf module, in the order they ran."""
+    leaves = [(name, m) for name, m in net.named_modules() if not list(m.children())]
+    return [(n, type(m).__name__, o) for n, m, o in _hooked_forward(net, x, leaves, keep_inplace=False)]
+
+
 def module_outputs(net: "torch.nn.Module", x: "torch.Tensor") -> list[tuple[str, Any]]:
     """(name, output) of every module but the root, in the order they FINISHED: a residual
     stage (e.g. ``blocks.4``) comes after its last leaf, with the skip connection added."""
-    import torch
-
-    seen: list[tuple[str, Any]] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=name: seen.append((n, o)))
-               for name, m in net.named_modules() if name]
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
+    named = [(name, m) for name, m in net.named_modules() if name]
+    return [(n, o) for n, _, o in _hooked_forward(net, x, named)]
 
 
 def find_cam_layer(net: "torch.nn.Module", x: "torch.Tensor", min_side: int = MIN_CAM_SIDE) -> str:
