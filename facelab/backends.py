@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from facelab.bundle import Bundle, Predictor, TorchPredictor, bundle_dir_of
+from facelab.bundle import Bundle, Predictor, TorchPredictor, read_bundle
 from facelab.ensemble import is_ensemble, load_ensemble
 from facelab.errors import ConfigError
 from facelab.export import OnnxPredictor, cached_export
@@ -44,7 +44,8 @@ def load(run: str | Path, backend: str = "torch", strict: bool = True, **options
         raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(CHOICES)}")
     if is_ensemble(run):
         return load_ensemble(run, lambda member: load(member, backend, strict, **options))
-    info = Bundle.read(run)
+    bdir, raw = read_bundle(run)  # bundle.json is read once; the loader below gets it
+    info = Bundle.from_dict(raw, bdir)
     cls = BACKENDS.get(info.model.backend)
     if cls is None:
         raise ConfigError(f"{info.dir}: unknown bundle backend {info.model.backend!r}; valid: {', '.join(BACKENDS)}")
@@ -56,7 +57,7 @@ def load(run: str | Path, backend: str = "torch", strict: bool = True, **options
             raise ConfigError(f"{info.dir}: could not export to ONNX (see the log); use --backend torch")
         strict = False  # auto fell back to PyTorch: ONNX Runtime's options do not apply
     options = _options(cls.from_bundle, options, strict, f"{info.dir} ({info.model.backend} backend)")
-    return cls.from_bundle(bundle_dir_of(run), None, **options)
+    return cls.from_bundle(bdir, raw, **options)
 
 
 def backend_of(predictor: Any) -> str:

@@ -13,17 +13,15 @@ Loading a run with whatever backend it needs is :func:`facelab.backends.load`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 from facelab._io import read_json
 from facelab.bundle.file import BUNDLE_DIR, BUNDLE_FILE, FORMAT, WEIGHTS_FILE, Bundle, ModelRef, bundle_dir_of
 from facelab.bundle.predictor import FacePrediction, Predictor, TorchPredictor, face_dict, face_pipeline, prediction_dict
 from facelab.bundle.spec import InputSpec, resize_crops
-from facelab.tasks import Task
 
 __all__ = ["BUNDLE_DIR", "BUNDLE_FILE", "FORMAT", "WEIGHTS_FILE", "Bundle", "ModelRef", "InputSpec", "FacePrediction",
            "Predictor", "TorchPredictor", "bundle_dir_of", "face_dict", "face_pipeline", "prediction_dict",
-           "make_bundle", "read_bundle", "resize_crops", "save_bundle"]
+           "read_bundle", "resize_crops"]
 
 
 def read_bundle(run_or_bundle: str | Path) -> tuple[Path, dict]:
@@ -33,17 +31,3 @@ def read_bundle(run_or_bundle: str | Path) -> tuple[Path, dict]:
     data = read_json(bdir / BUNDLE_FILE)
     Bundle.from_dict(data, bdir, where=str(bdir / BUNDLE_FILE))
     return bdir, data
-
-
-def make_bundle(model: str, task: Task, size: int, mean: Sequence[float], std: Sequence[float],
-                prepare: dict | None, train: dict | None = None, kwargs: dict | None = None,
-                backend: str = "torch") -> dict:
-    """The ``bundle.json`` dict of a freshly trained model."""
-    spec = InputSpec(size, tuple(mean), tuple(std))  # type: ignore[arg-type]
-    return Bundle(ModelRef(backend, model, dict(kwargs or {})), task, spec, prepare, dict(train or {})).to_dict()
-
-
-def save_bundle(bundle_dir: str | Path, bundle: Bundle | dict, state_dict: dict | None = None) -> Path:
-    """Write the weights (when given) then ``bundle.json``, each atomically (:meth:`Bundle.write`)."""
-    info = bundle if isinstance(bundle, Bundle) else Bundle.from_dict(bundle)
-    return info.write(bundle_dir, state_dict)

@@ -26,7 +26,7 @@ from facelab.predict.report import FaceResult, PhotoResult, PredictReport, repor
 from facelab.prepare import CropCache, FacePipeline, PrepareConfig, PreparedFace
 
 __all__ = ["BACKENDS", "IMAGE_SUFFIXES", "FacePrediction", "FaceResult", "PhotoResult", "PredictReport", "backend_of",
-           "classify_crops", "expand_paths", "face_dict", "face_pipeline", "load_predictor", "model_name", "predict",
+           "expand_paths", "face_dict", "face_pipeline", "load_predictor", "model_name", "predict",
            "predict_rgb", "prediction_dict", "report_json"]
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,6 @@ def predict_rgb(predictor: Predictor, rgb: np.ndarray, all_faces: bool = False) 
     return predictor.predict_image(rgb, all_faces)
 
 
-def classify_crops(predictor: Predictor, crops: list[np.ndarray]) -> tuple[np.ndarray, list[str | None], list[Any]]:
-    """Crops -> (probabilities, open-set name or None, ensemble spread or None) per crop."""
-    return predictor.classify_crops(crops)
-
-
 def predict(run: str | Path, inputs: Sequence[str | Path] | str | Path, backend: str = "auto",
             all_faces: bool = False, batch_photos: int = 16, progress: bool = True) -> PredictReport:
     """Predict every face in ``inputs`` (photos, folders, globs) with the run's model.
@@ -94,7 +89,7 @@ def predict(run: str | Path, inputs: Sequence[str | Path] | str | Path, backend:
 def _predict_chunk(predictor: Any, paths: Iterable[Path], all_faces: bool) -> list[PhotoResult]:
     """Find the faces photo by photo, then run the model once on all crops of the chunk."""
     pipeline = predictor.pipeline(all_faces)
-    cache = CropCache(None, pipeline.config)
+    cache = _crop_cache(pipeline.config)
     results, prepared = [], []
     for path in paths:
         result = PhotoResult(str(path))

@@ -23,7 +23,7 @@ import numpy as np
 
 from facelab.detect import create_detector
 from facelab.images import UPLOAD_FORMATS, ImageError, upright_size
-from facelab.predict import backend_of, classify_crops, face_dict, face_pipeline, load_predictor, model_name, prediction_dict
+from facelab.predict import backend_of, face_dict, face_pipeline, load_predictor, model_name, prediction_dict
 from facelab.prepare import FacePipeline
 from facelab.serve.batching import MicroBatcher
 from facelab.serve.errors import ApiError, image_error
@@ -196,5 +196,5 @@ def batch_fn(predictor: Any) -> Callable[[list[np.ndarray]], list[tuple[np.ndarr
     """The batched model call: crops -> [(probabilities, open-set identity or None, ensemble
     spread or None)]."""
     def run(crops: list[np.ndarray]) -> list[tuple[np.ndarray, str | None, Any]]:
-        return list(zip(*classify_crops(predictor, crops)))
+        return list(zip(*predictor.classify_crops(crops)))
     return run

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from facelab._io import read_json, save_torch, write_json, write_text
-from facelab.bundle import BUNDLE_DIR, make_bundle, save_bundle
+from facelab.bundle import BUNDLE_DIR, Bundle, ModelRef
 from facelab.bundle.spec import InputSpec
 from facelab.errors import ConfigError, RunExists
 from facelab.train.config import TrainConfig
@@ -148,12 +148,11 @@ def write_bundle(config: TrainConfig, data: Data, spec: InputSpec, state: State,
     rows = state.history
     ips = float(np.mean([r["images_per_second"] for r in rows])) if rows else 0.0
     best_row = rows[state.best_epoch - 1] if 0 < state.best_epoch <= len(rows) else {}
-    bundle = make_bundle(config.model, data.task, spec.size, spec.mean, spec.std, data.prepare,
-                         {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch,
-                          "images_per_second": round(ips, 2), "valid_loss": best_row.get("valid_loss"),
-                          "accuracy": best_row.get("accuracy"),
-                          "balanced_accuracy": best_row.get("balanced_accuracy"), "split": data.split,
-                          "data": str(config.data)}, kwargs=config.model_kwargs)
-    save_bundle(run_dir / BUNDLE_DIR, bundle, best["model"])
+    summary = {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch,
+               "images_per_second": round(ips, 2), "valid_loss": best_row.get("valid_loss"),
+               "accuracy": best_row.get("accuracy"), "balanced_accuracy": best_row.get("balanced_accuracy"),
+               "split": data.split, "data": str(config.data)}
+    bundle = Bundle(ModelRef("torch", config.model, dict(config.model_kwargs)), data.task, spec, data.prepare, summary)
+    bundle.write(run_dir / BUNDLE_DIR, best["model"])
     log.info("run written to %s (best epoch %d, %s %.4f)", run_dir, state.best_epoch, config.monitor,
              state.best if state.best is not None else float("nan"))
