@@ -94,5 +94,6 @@ def cached_export(info: Bundle, create: bool = False) -> Path | None:
 
 
 def cache_path(digest: str) -> Path:
-    """Where on-the-fly exports live: ``$FACELAB_CACHE/onnx/<digest>.onnx``."""
+    """Where exports made on request (``backend="onnx"``, and copies of ``facelab export``) live:
+    ``$FACELAB_CACHE/onnx/<digest>.onnx``."""
     return default_cache_dir() / "onnx" / f"{digest}.onnx"

@@ -85,7 +85,7 @@ def export(run: str | Path, out: str | Path | None = None, format: str = "onnx",
 
 
 def _fill_cache(digest: str, data: bytes) -> None:
-    """Keep a copy where predict/serve look for on-the-fly exports (saves a re-export)."""
+    """Keep a copy in the export cache, where predict/serve look for an up-to-date export."""
     try:
         write_bytes(cache_path(digest), data)
     except OSError as exc:  # a read-only cache is not a reason to fail the export
