@@ -331,8 +331,7 @@ def test_workers_get_a_key_digest_not_the_key(binary_run: Path, celeba_wild: Pat
         with running_server([binary_run], tmp_path, "--workers", "2", "--max-batch", "7") as url:
             responses = _post_all_at_once(url, photos, KEY)
             denied = [httpx.get(f"{url}/api/models").status_code for _ in range(6)]
-            pids = _server_processes()
-            environs = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in pids}
+            environs = _environments(_server_processes())
     finally:
         del os.environ["FACELAB_API_KEY"]
     predictor = load_predictor(binary_run)
@@ -347,6 +346,18 @@ def test_workers_get_a_key_digest_not_the_key(binary_run: Path, celeba_wild: Pat
         assert KEY.encode() not in environs[pid] and b"FACELAB_API_KEY" not in env
         assert env[b"FACELAB_API_KEY_DIGEST"] and env[b"FACELAB_MAX_BATCH"] == b"7"
         assert json.loads(env[b"FACELAB_RUNS"]) == [str(binary_run)]
+
+
+def _environments(pids: list[int]) -> dict[int, bytes]:
+    """The environment of each process still alive; a short-lived descendant (the
+    supervisor's helpers come and go) may exit between listing /proc and reading it."""
+    environs = {}
+    for pid in pids:
+        try:
+            environs[pid] = Path(f"/proc/{pid}/environ").read_bytes()
+        except (ProcessLookupError, FileNotFoundError):
+            continue
+    return environs
 
 
 def _server_processes() -> list[int]:
