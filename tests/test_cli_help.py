@@ -66,6 +66,29 @@ def test_every_train_config_field_has_a_flag_with_its_docstring() -> None:
     assert rest <= {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+def test_every_serve_setting_has_a_flag_with_its_docstring() -> None:
+    """`facelab serve`'s options are ServeConfig's (pydantic-settings, its docstrings are the
+    fields' descriptions) and ServerOptions' fields; the flags it always had still exist."""
+    from facelab.cli._config import config_fields
+    from facelab.cli.serve_command import SERVE_EXCLUDED
+    from facelab.serve.settings import ServeConfig, ServerOptions
+
+    params = _options("serve")
+    for cls, excluded in ((ServeConfig, SERVE_EXCLUDED), (ServerOptions, ())):
+        for name, (_, _, doc) in config_fields(cls).items():
+            if name in excluded:
+                continue
+            assert name in params, f"{cls.__name__}.{name} has no flag on `facelab serve`"
+            assert doc and params[name].help == help_text(doc), name
+    names = {opt for p in params.values() for opt in (*p.opts, *p.secondary_opts)}
+    for flag in ("--host", "--port", "--backend", "--api-key", "--max-upload-mb", "--max-megapixels", "--timeout",
+                 "--cors-origin", "--max-batch", "--max-wait-ms", "--threads", "--model-threads", "--all-faces",
+                 "--max-connections", "--max-idle-connections", "--header-timeout", "--body-timeout", "--keep-alive",
+                 "--max-header-kb", "--max-form-parts", "--max-part-header-bytes", "--omp-threads", "--workers",
+                 "--log-level", "--access-log"):
+        assert flag in names, flag
+
+
 def test_existing_flags_keep_their_names() -> None:
     names = {opt for p in load_command("train").params for opt in (*p.opts, *p.secondary_opts)}
     for flag in ("--model", "-m", "--name", "--out", "--task", "--attrs", "--epochs", "--freeze-epochs", "--batch-size",

@@ -79,7 +79,7 @@ def fake() -> FakeModels:
 def _client(fake: FakeModels, **settings: Any) -> Any:
     from fastapi.testclient import TestClient
 
-    config = ServeConfig(runs=NAMES, api_key=KEY, max_upload_bytes=LIMIT, max_pixels=1_000_000,
+    config = ServeConfig(runs=NAMES, api_key=KEY, max_upload_mb=LIMIT / 2**20, max_megapixels=1.0,
                          max_form_parts=4, max_part_header_bytes=1024, **settings)
     fake.config = config
     app = create_app(config)
@@ -272,3 +272,43 @@ def test_settings_from_the_environment_and_the_key_never_shown(monkeypatch: pyte
     monkeypatch.setenv("FACELAB_MAX_BATCH", "many")
     with pytest.raises(ConfigError, match="max_batch"):
         ServeConfig()
+
+
+def test_cli_options_are_the_settings_and_only_given_ones_beat_the_environment(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`facelab serve`'s options are ServeConfig's and ServerOptions' fields: an option given
+    wins over FACELAB_<SETTING>, which wins over the default; the old flag names and units
+    still work (--max-upload-mb, --timeout, --max-connections, repeated --cors-origin)."""
+    from typer.testing import CliRunner
+
+    import facelab.cli.serve_command as serve_command
+    from facelab.cli import app
+    from facelab.errors import ConfigError, NotFound
+
+    started: list[tuple[ServeConfig, Any]] = []
+    monkeypatch.setattr(serve_command, "serve", lambda config, server: started.append((config, server)))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "bundle.json").write_text("{}")  # all the CLI checks before the server starts
+    monkeypatch.setenv("FACELAB_MAX_BATCH", "5")
+    monkeypatch.setenv("FACELAB_MAX_FACES", "3")
+    monkeypatch.delenv("FACELAB_API_KEY", raising=False)
+    args = ["serve", str(run), "--max-faces", "7", "--max-upload-mb", "2", "--timeout", "3", "--max-connections",
+            "9", "--cors-origin", "https://a.example", "--cors-origin", "https://b.example", "--port", "8123",
+            "--workers", "2", "--all-faces"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (config, server), = started
+    assert config.runs == (str(run),) and config.max_batch == 5 and config.max_faces == 7
+    assert config.max_upload_bytes == 2 * 2**20 and config.request_timeout == 3 and config.max_in_flight == 9
+    assert config.cors_origins == ("https://a.example", "https://b.example") and config.all_faces
+    assert config.max_wait_ms == ServeConfig.model_fields["max_wait_ms"].default and config.key() is None
+    assert (server.port, server.workers, server.host) == (8123, 2, "127.0.0.1")
+
+    # (the errors' one-line exit 2 is facelab.cli.main's; test_serve_attack runs the real command)
+    monkeypatch.setenv("FACELAB_API_KEY", "")
+    result = CliRunner().invoke(app, ["serve", str(run)])
+    assert isinstance(result.exception, ConfigError) and "API key is empty" in str(result.exception)
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "nothing")])
+    assert isinstance(result.exception, NotFound) and "no bundle.json" in str(result.exception)
+    assert len(started) == 1

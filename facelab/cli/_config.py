@@ -48,6 +48,10 @@ class Flag:
     """A word that stands for None (``evaluate --split all``)."""
     unset: bool = False
     """Default None: only given values reach the config (the field's default is shown)."""
+    multiple: bool = False
+    """A sequence field given by repeating the option (``--cors-origin A --cors-origin B``)."""
+    metavar: str | None = None
+    """The value's name in the help, e.g. ``ORIGIN`` (default: from the type)."""
 
 
 # --------------------------------------------------------------------------- docstrings
@@ -150,6 +154,8 @@ class _Option:
         """The parsed option as the field's value."""
         if raw is None or (self.flag.none is not None and raw == self.flag.none):
             return None
+        if self.flag.multiple:
+            return tuple(raw) if raw or not self.flag.unset else None
         item = _sequence_item(_unwrap_optional(self.tp)[0])
         if isinstance(raw, str) and item is not None:
             return convert(raw, self.tp, f"--{self.name.replace('_', '-')}")
@@ -157,38 +163,63 @@ class _Option:
 
 
 def field_options(cls: type, *, include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                  flags: Mapping[str, Flag] | None = None) -> list[_Option]:
-    """The options of ``cls``'s fields (``include`` picks and orders some; ``exclude`` drops)."""
+                  flags: Mapping[str, Flag] | None = None, only_given: bool = False) -> list[_Option]:
+    """The options of ``cls``'s fields (``include`` picks and orders some; ``exclude`` drops);
+    ``only_given``: every option is :attr:`Flag.unset` (what is not given is left to the class,
+    such as a pydantic-settings class reading it from the environment)."""
     flags = flags or {}
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted({*(include or ()), *exclude, *flags} - set(by_name))
+    fields = config_fields(cls)
+    unknown = sorted({*(include or ()), *exclude, *flags} - set(fields))
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {unknown}")  # a bug in the CLI, not user input
-    names = list(include) if include is not None else [n for n in by_name if n not in exclude]
-    return [_option(by_name[n], hints[n], docs.get(n, ""), flags.get(n, Flag())) for n in names]
+    names = list(include) if include is not None else [n for n in fields if n not in exclude]
+    chosen = {n: flags.get(n, Flag()) for n in names}
+    if only_given:
+        chosen = {n: dataclasses.replace(flag, unset=True) for n, flag in chosen.items()}
+    return [_option(n, *fields[n], flag) for n, flag in chosen.items()]
 
 
-def _option(f: dataclasses.Field, tp: Any, doc: str, flag: Flag) -> _Option:
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+def config_fields(cls: type) -> dict[str, tuple[Any, Any, str]]:
+    """{field: (type, default, docstring)} of a dataclass or a pydantic model (whose
+    docstrings are its fields' descriptions with ``use_attribute_docstrings``); the default
+    is ``dataclasses.MISSING`` for a required field."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        docs = field_docs(cls)
+        return {f.name: (hints[f.name], _default(f), docs.get(f.name, "")) for f in dataclasses.fields(cls)}
+    model_fields = getattr(cls, "model_fields", None)
+    if model_fields is None:
+        raise TypeError(f"{cls.__name__} is neither a dataclass nor a pydantic model")
+    return {name: (f.annotation, dataclasses.MISSING if f.is_required() else f.get_default(call_default_factory=True),
+                   f.description or "") for name, f in model_fields.items()}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _option(name: str, tp: Any, default: Any, doc: str, flag: Flag) -> _Option:
     if default is dataclasses.MISSING:
-        raise TypeError(f"field {f.name} has no default: make it an argument and exclude it")
-    dash = f.name.replace("_", "-")
+        raise TypeError(f"field {name} has no default: make it an argument and exclude it")
+    dash = name.replace("_", "-")
     base, optional = _unwrap_optional(tp)
     annotation: Any = base
-    decls, metavar = flag.decls, None
+    decls, metavar = flag.decls, flag.metavar
     if flag.choices is not None:
         annotation = Literal[tuple(flag.choices)]
     elif base is bool:
         decls = decls or (f"--{dash}/--no-{dash}",)
     elif typing.get_origin(base) is dict or base is dict:
         annotation, default, metavar = list[str], [], "KEY=VALUE"
+    elif flag.multiple and _sequence_item(base) is not None:
+        annotation, default = list[str], list(default)
     elif _sequence_item(base) is not None:
         annotation, metavar = str, "A,B,..."
         default = ",".join(map(str, default)) if default else None
+    elif hasattr(base, "get_secret_value"):  # pydantic's SecretStr: given as text, its default never shown
+        annotation, flag = str, dataclasses.replace(flag, unset=True)
     elif typing.get_origin(base) is not Literal and base not in _SCALARS:
-        raise TypeError(f"field {f.name}: no command-line type for {tp!r}; exclude it")
+        raise TypeError(f"field {name}: no command-line type for {tp!r}; exclude it")
     if flag.none is not None and default is None:
         default = flag.none
     shown: Any = True
@@ -197,16 +228,17 @@ def _option(f: dataclasses.Field, tp: Any, doc: str, flag: Flag) -> _Option:
     if (optional or flag.unset) and default is None and annotation is not list[str]:
         annotation = typing.Optional[annotation]  # noqa: UP007
     option = typer.Option(default, *decls, help=help_text(doc), show_default=shown, metavar=metavar)
-    parameter = inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option,
+    parameter = inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option,
                                   annotation=annotation)
-    return _Option(f.name, parameter, tp, flag)
+    return _Option(name, parameter, tp, flag)
 
 
 def options(cls: type, *, into: str = "config", include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-            flags: Mapping[str, Flag] | None = None) -> Callable[[F], F]:
-    """Decorate a typer command with an option per field of ``cls``; the command's parameter
-    ``into`` receives {field: value} of them (dict fields: the raw KEY=VALUE strings)."""
-    generated = field_options(cls, include=include, exclude=exclude, flags=flags)
+            flags: Mapping[str, Flag] | None = None, only_given: bool = False) -> Callable[[F], F]:
+    """Decorate a typer command with an option per field of ``cls`` (a dataclass or a pydantic
+    model); the command's parameter ``into`` receives {field: value} of them (dict fields: the
+    raw KEY=VALUE strings; ``only_given``: only the options given)."""
+    generated = field_options(cls, include=include, exclude=exclude, flags=flags, only_given=only_given)
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn, eval_str=True)
@@ -218,6 +250,8 @@ def options(cls: type, *, into: str = "config", include: Sequence[str] | None = 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             values = {o.name: o.value(kwargs.pop(o.name)) for o in generated}
+            if only_given:
+                values = {name: value for name, value in values.items() if value is not None}
             return fn(**kwargs, **{into: values})
 
         params = [*own, *(o.parameter for o in generated)]

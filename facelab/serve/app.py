@@ -23,17 +23,16 @@ from typing import Any, AsyncIterator
 
 from facelab import __version__
 from facelab._deps import require
-from facelab.errors import ConfigError
 from facelab.serve import guard, logs
 from facelab.serve.auth import check_key
 from facelab.serve.errors import ACCEPTED, FORM_OVERHEAD, ApiError
 from facelab.serve.middleware import InFlightLimit, SecurityHeaders
 from facelab.serve.service import LoadedModel, Service, _iou, batch_fn
-from facelab.serve.settings import API_KEY_ENV, DIGEST_ENV, ApiKey, ServeConfig
+from facelab.serve.settings import API_KEY_ENV, DIGEST_ENV, ApiKey, ServeConfig, ServerOptions
 from facelab.serve.uploads import FormParser, image_of_form, parse_multipart, read_upload
 
 __all__ = ["ACCEPTED", "API_KEY_ENV", "ApiError", "ApiKey", "FORM_OVERHEAD", "FormParser", "LoadedModel",
-           "ServeConfig", "Service", "_batch_fn", "_iou", "app_from_env", "check_key", "create_app",
+           "ServeConfig", "ServerOptions", "Service", "_batch_fn", "_iou", "app_from_env", "check_key", "create_app",
            "image_of_form", "parse_multipart", "read_upload", "serve"]
 
 _batch_fn = batch_fn  # the name tests/test_people.py imports
@@ -131,10 +130,9 @@ def create_app(config: ServeConfig, key: ApiKey | None = None) -> Any:
 
 
 
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          access_log: bool = False, workers: int = 1) -> None:
-    """Run the app with uvicorn until interrupted (one line per request only with
-    ``access_log``: at a hundred requests a second the log costs CPU and says little).
+def serve(config: ServeConfig, server: ServerOptions = ServerOptions()) -> None:
+    """Run the app with uvicorn until interrupted, as ``server`` says (address, processes,
+    logging).
 
     Connections go through :mod:`facelab.serve.guard` (request-head and body timeouts, a
     cap on idle connections); ``config.max_in_flight`` limits requests in the app (JSON
@@ -143,32 +141,28 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
     query string (:mod:`facelab.serve.logs`); ``trace`` logging (which prints headers) is
     refused.
 
-    ``workers`` > 1 starts that many server processes on the same port, each loading the
+    ``server.workers`` > 1 starts that many server processes on the same port, each loading the
     models in its own lifespan: face detection holds Python's GIL, so one process keeps
     about one core busy however many threads it has. The workers get their settings as
     ``FACELAB_<SETTING>`` environment variables (:meth:`ServeConfig.to_env`, read back by
     pydantic-settings in :func:`app_from_env`) with the API key replaced by its salted
     digest (``FACELAB_API_KEY_DIGEST``); ``FACELAB_API_KEY`` is removed from the
     environment they inherit."""
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
-    if log_level.lower() not in logs.LEVELS:
-        raise ConfigError(f"log level {log_level!r} is not one of {', '.join(logs.LEVELS)} "
-                         "(trace would print request headers, API keys included)")
+    os.environ["OMP_NUM_THREADS"] = str(server.omp_threads)  # before the detector's OpenMP runtime loads
     uvicorn = _require_uvicorn()
     config = _fit_open_files(config)
     for name in (API_KEY_ENV, DIGEST_ENV):  # child processes never inherit the key (nor a stale digest)
         os.environ.pop(name, None)
-    options = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=config.keep_alive_timeout,
-                   limit_concurrency=None, ws_max_size=config.max_upload_bytes + FORM_OVERHEAD, access_log=access_log,
-                   http=guard.protocol_class(), log_config=logs.log_config(),
+    options = dict(host=server.host, port=server.port, log_level=server.log_level, access_log=server.access_log,
+                   timeout_keep_alive=config.keep_alive_timeout, limit_concurrency=None,
+                   ws_max_size=config.max_upload_bytes + FORM_OVERHEAD, http=guard.protocol_class(), log_config=logs.log_config(),
                    h11_max_incomplete_event_size=config.max_header_bytes)
     logs.install_on_root()
-    if workers == 1:
+    if server.workers == 1:
         uvicorn.run(create_app(config), **options)
         return
     os.environ.update(config.to_env())
-    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **options)
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=server.workers, **options)
 
 
 def _fit_open_files(config: ServeConfig) -> ServeConfig:

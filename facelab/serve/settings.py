@@ -19,14 +19,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from facelab.errors import ConfigError
 from facelab.predict import BACKENDS
 from facelab.serve.guard import GuardLimits
+from facelab.serve.logs import LEVELS
 
 ENV_PREFIX = "FACELAB_"
 API_KEY_ENV = f"{ENV_PREFIX}API_KEY"
 DIGEST_ENV = f"{ENV_PREFIX}API_KEY_DIGEST"
-COUNTS = ("max_upload_bytes", "max_pixels", "max_batch", "max_faces", "max_in_flight", "keep_alive_timeout",
-          "max_idle_connections", "max_header_bytes", "max_form_parts", "max_part_header_bytes")
+COUNTS = ("max_batch", "max_faces", "max_in_flight", "keep_alive_timeout", "max_idle_connections", "max_header_kb",
+          "max_form_parts", "max_part_header_bytes")
 """Settings that must be >= 1."""
-SECONDS = ("request_timeout", "header_timeout", "body_timeout")
+POSITIVE = ("max_upload_mb", "max_megapixels", "request_timeout", "header_timeout", "body_timeout")
 """Settings that must be > 0."""
 
 
@@ -41,18 +42,19 @@ class ServeConfig(BaseSettings):
     """Run (or bundle) folders to serve; each becomes a model named after its folder."""
     backend: str = "auto"
     """``auto`` (ONNX Runtime when the run exports), ``onnx`` or ``torch``."""
-    max_upload_bytes: int = 10 * 1024 * 1024
-    """Largest accepted upload / video frame in bytes (413 above)."""
-    max_pixels: int = 40_000_000
-    """Largest accepted image in pixels (413 above; guards against decompression bombs)."""
+    max_upload_mb: float = 10.0
+    """Largest accepted upload / video frame in MiB (413 above)."""
+    max_megapixels: float = 40.0
+    """Largest accepted image in megapixels (413 above; guards against decompression bombs)."""
     request_timeout: float = 30.0
     """Seconds a request may take, upload included (504 ``timeout`` after). Its queued
     detection and its crops waiting for a batch are then dropped, not computed."""
     api_key: SecretStr | None = None
     """When set, ``/api/*`` needs it in header ``X-API-Key`` or ``Authorization: Bearer``
     (WebSocket: those headers, or the subprotocol ``facelab.key.<base64url of the key>``).
-    A key in a URL is refused. An empty key is an error, not "authentication off". A
-    ``SecretStr``: printed or logged, the settings show ``**********``."""
+    A key in a URL is refused; an empty key is an error, not "authentication off". Better
+    given as ``FACELAB_API_KEY`` than on a command line other users can list. Printed or
+    logged, the settings show ``**********``."""
     api_key_digest: str | None = None
     """The API key as its salted SHA-256 digest (``salt:digest`` in hex, :class:`ApiKey`):
     what ``--workers`` processes get instead of the key."""
@@ -91,8 +93,8 @@ class ServeConfig(BaseSettings):
     one, never-served connections first (never the one just opened), so an idle-connection
     flood evicts itself and parked keep-alive connections cannot lock new clients out. The
     server raises its open-file limit to fit (or lowers this to what the limit allows)."""
-    max_header_bytes: int = 32 * 1024
-    """Largest request head (request line + headers) in bytes; 431 above."""
+    max_header_kb: int = 32
+    """Largest request head (request line + headers) in KiB; 431 above."""
     max_form_parts: int = 8
     """Most parts in a multipart upload (a photo form has one or two); 413 above."""
     max_part_header_bytes: int = 4096
@@ -115,7 +117,7 @@ class ServeConfig(BaseSettings):
         for name in COUNTS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in SECONDS:
+        for name in POSITIVE:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.threads < 0 or self.model_threads < 0:
@@ -126,6 +128,18 @@ class ServeConfig(BaseSettings):
             raise ConfigError(f"give the API key or its digest ({DIGEST_ENV}), not both")
         if self.api_key_digest:
             ApiKey.decode(self.api_key_digest)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1e6)
+
+    @property
+    def max_header_bytes(self) -> int:
+        return self.max_header_kb * 1024
 
     def key(self) -> ApiKey | None:
         """The API key as a salted digest (None: no authentication)."""
@@ -146,6 +160,37 @@ class ServeConfig(BaseSettings):
     def guard_limits(self) -> GuardLimits:
         return GuardLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
                            max_idle=self.max_idle_connections, max_header_bytes=self.max_header_bytes)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """The server processes: where they listen, how many there are, what they log
+    (:class:`ServeConfig` is what each of them serves)."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on (0.0.0.0 = every interface)."""
+    port: int = 8000
+    """TCP port."""
+    workers: int = 1
+    """Server processes on that port; each loads the models. Face detection holds Python's
+    GIL, so one process keeps about one core busy however many threads it has."""
+    omp_threads: int = 1
+    """OpenMP threads per operation (the server's parallelism comes from concurrent
+    requests; more threads fight over the cores)."""
+    log_level: str = "info"
+    """uvicorn's log level (``trace`` is refused: it prints request headers, keys included)."""
+    access_log: bool = False
+    """Log one line per request (off by default: at a hundred requests a second the log
+    costs CPU and says little)."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.omp_threads < 1:
+            raise ConfigError(f"workers and omp_threads must be >= 1, got {self.workers} and {self.omp_threads}")
+        if self.log_level.lower() not in LEVELS:
+            raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LEVELS)} "
+                              "(trace would print request headers, API keys included)")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
 
 
 def _problem(error: Any) -> str:
