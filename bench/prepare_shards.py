@@ -31,15 +31,23 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "facelab", "prepare", *args, "--workers", "1", "--threads", "--no-html"]
 
 
-def _run_all(cmds: list[list[str]]) -> float:
-    """Start every command at once; wall seconds until the last one ends."""
+def _run_all(cmds: list[list[str]]) -> tuple[float, float]:
+    """Start every command at once; (wall seconds until the last one ends, the largest peak
+    RSS of one process in MB)."""
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
-    for p in procs:
-        _, err = p.communicate()
-        if p.returncode:
-            raise RuntimeError(f"{' '.join(p.args)} failed:\n{err[-2000:]}")
-    return time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as logs:
+        errs = [open(Path(logs) / f"{i}.err", "w+") for i in range(len(cmds))]  # noqa: SIM115 - closed below
+        procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=e, text=True) for c, e in zip(cmds, errs)]
+        peak = 0.0
+        for p, err in zip(procs, errs):
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            peak = max(peak, usage.ru_maxrss / 1024)
+            err.seek(0)
+            if p.returncode:
+                raise RuntimeError(f"{' '.join(map(str, p.args))} failed:\n{err.read()[-2000:]}")
+            err.close()
+    return time.perf_counter() - t0, peak
 
 
 def _digest(out: Path) -> str:
@@ -54,12 +62,14 @@ def _digest(out: Path) -> str:
 def one_repeat(src: Path, shards: int, work: Path) -> dict:
     if work.exists():
         shutil.rmtree(work)
-    single = _run_all([_cli(str(src), str(work / "unused"), "--cache-dir", str(work / "c1"), "--shard", "0/1")])
-    sharded = _run_all([_cli(str(src), str(work / "unused"), "--cache-dir", str(work / "cN"), "--shard", f"{k}/{shards}")
-                        for k in range(shards)])
-    merge = _run_all([_cli(str(src), str(work / "merged"), "--cache-dir", str(work / "cN"))])
+    single, single_mb = _run_all([_cli(str(src), str(work / "unused"), "--cache-dir", str(work / "c1"),
+                                       "--shard", "0/1")])
+    sharded, shard_mb = _run_all([_cli(str(src), str(work / "unused"), "--cache-dir", str(work / "cN"),
+                                       "--shard", f"{k}/{shards}") for k in range(shards)])
+    merge, merge_mb = _run_all([_cli(str(src), str(work / "merged"), "--cache-dir", str(work / "cN"))])
     _run_all([_cli(str(src), str(work / "single"), "--cache-dir", str(work / "c1"))])
-    return {"single_s": single, "sharded_s": sharded, "merge_s": merge,
+    return {"single_s": single, "sharded_s": sharded, "merge_s": merge, "single_peak_mb": single_mb,
+            "shard_peak_mb": shard_mb, "merge_peak_mb": merge_mb,
             "identical": _digest(work / "merged") == _digest(work / "single")}
 
 
@@ -74,6 +84,7 @@ def main() -> None:
     from facelab.data import load_source
 
     photos = len(load_source(args.src))
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="facelab-bench-shards-"))
     try:
         runs = [one_repeat(args.src, args.shards, work / "w") for _ in range(args.repeat)]
@@ -82,18 +93,20 @@ def main() -> None:
     speedups = [r["single_s"] / r["sharded_s"] for r in runs]
     result = {"src": str(args.src), "photos": photos, "shards": args.shards, "runs": runs,
               "speedup_median": statistics.median(speedups), "speedup_range": [min(speedups), max(speedups)],
-              "load_average": os.getloadavg(), "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
+              "load_average": os.getloadavg(), "load_average_before": load_before,
+              "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
               "note": "wall times include each process's start (Python + facelab imports, ~1-2 s)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"| {photos} photos | 1 process (s) | {args.shards} shard processes (s) | speed-up | merge (s) | identical |")
-    print("|---|---|---|---|---|---|")
+    print(f"| {photos} photos | 1 process (s) | {args.shards} shard processes (s) | speed-up | merge (s) "
+          "| peak RSS MB (1 / shard / merge) | identical |")
+    print("|---|---|---|---|---|---|---|")
     for i, r in enumerate(runs, 1):
         print(f"| repeat {i} | {r['single_s']:.1f} ({photos / r['single_s']:.0f} photos/s) | {r['sharded_s']:.1f} "
               f"({photos / r['sharded_s']:.0f} photos/s) | {r['single_s'] / r['sharded_s']:.2f}x | {r['merge_s']:.1f} | "
-              f"{r['identical']} |")
+              f"{r['single_peak_mb']:.0f} / {r['shard_peak_mb']:.0f} / {r['merge_peak_mb']:.0f} | {r['identical']} |")
     print(f"speed-up median {result['speedup_median']:.2f}x, range {min(speedups):.2f}-{max(speedups):.2f}; "
-          f"load average {result['load_average'][0]:.2f}; wrote {args.out}")
+          f"load average {load_before[0]:.2f} before, {result['load_average'][0]:.2f} after; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -319,12 +321,11 @@ def _yuface_cnn():  # noqa: ANN202 - a ctypes function or None
     every call and never frees it: measured, 36.0 KiB more RSS per call at any image size,
     so a process preparing CelebA's 202,599 photos would grow by 7 GB."""
     import ctypes
-    from pathlib import Path
 
     import yuface  # loads libfacedetection's own dependencies (its OpenMP runtime)
 
     try:
-        lib = ctypes.CDLL(str(Path(yuface.__file__).parent / "libfacedetection.so"))
+        lib = ctypes.CDLL(_loaded_libfacedetection(Path(yuface.__file__).parent))
         fn = lib._Z14facedetect_cnnPhS_iii  # C++ name of facedetect_cnn(uchar*, uchar*, int, int, int)
     except (OSError, AttributeError):  # pragma: no cover - another yuface build
         log.warning("yuface: libfacedetection's facedetect_cnn not found; using yuface.c_detect, which "
@@ -333,6 +334,21 @@ def _yuface_cnn():  # noqa: ANN202 - a ctypes function or None
     fn.restype = ctypes.c_void_p
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     return fn
+
+
+def _loaded_libfacedetection(folder: Path) -> str:
+    """The libfacedetection yuface's extension has loaded, by its bare name (the wheel ships
+    the same library twice, ``libfacedetection.so`` and ``.so.v0.0.3``; dlopen by bare name
+    finds the copy already loaded instead of loading a second one)."""
+    import ctypes
+
+    for path in sorted(folder.glob("libfacedetection.so*"), key=lambda p: -len(p.name)):
+        try:
+            ctypes.CDLL(path.name, mode=os.RTLD_NOLOAD)  # only if already loaded
+            return path.name
+        except OSError:
+            continue
+    return str(folder / "libfacedetection.so")
 
 
 def _yuface_rows(bgr: np.ndarray, buffer: np.ndarray) -> np.ndarray:
