@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from facelab import __version__
+from facelab import __version__, templates
 from facelab._deps import require
 from facelab.serve import guard, logs
 from facelab.serve.auth import check_key
@@ -43,23 +43,15 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def _docs_page(app: Any) -> str:
-    """``/docs``: the routes from the OpenAPI schema as plain HTML (no scripts, no CDN)."""
-    from html import escape
-
-    rows = []
-    for path, ops in app.openapi()["paths"].items():
-        for method, op in ops.items():
-            params = ", ".join(p["name"] for p in op.get("parameters", []))
-            rows.append(f"<tr><td><code>{method.upper()} {escape(path)}</code></td><td>{escape(params)}</td>"
-                        f"<td>{escape(op.get('summary', ''))}: {escape(op.get('description', ''))}</td></tr>")
-    rows.append("<tr><td><code>WS /api/stream?models=a,b</code></td><td>models</td><td>Live video: JPEG "
-                "frames as binary messages, one JSON answer each; key in the X-API-Key header or the "
-                "subprotocol facelab.key.&lt;base64url key&gt;</td></tr>")
-    return ("<!doctype html><html lang=en><meta charset=utf-8><title>facelab API</title>"
-            "<link rel=stylesheet href=/static/style.css><body class=docs><h1>facelab API</h1>"
-            "<p>The OpenAPI schema: <a href=/openapi.json>/openapi.json</a>. "
-            "Routes under /api need the API key when the server has one.</p>"
-            "<table><tr><th>route</th><th>parameters</th><th>what</th></tr>" + "".join(rows) + "</table></body></html>")
+    """``/docs``: the routes from the OpenAPI schema as plain HTML (no scripts, no CDN;
+    ``templates/serve_docs.html``, autoescaped)."""
+    routes = [{"method": method.upper(), "path": path, "params": ", ".join(p["name"] for p in op.get("parameters", [])),
+               "what": f"{op.get('summary', '')}: {op.get('description', '')}"}
+              for path, ops in app.openapi()["paths"].items() for method, op in ops.items()]
+    routes.append({"method": "WS", "path": "/api/stream?models=a,b", "params": "models",
+                   "what": "Live video: JPEG frames as binary messages, one JSON answer each; key in the "
+                           "X-API-Key header or the subprotocol facelab.key.<base64url key>"})
+    return templates.render("serve_docs.html", routes=routes)
 
 
 def create_app(config: ServeConfig, key: ApiKey | None = None) -> Any:
