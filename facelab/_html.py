@@ -12,9 +12,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from facelab._io import write_bytes
-# The page helpers moved to facelab.templates (jinja2, autoescaped); these names stay here
-# for the stages whose reports still build their sections in Python (prepare, explain).
-from facelab.templates import data_uri, escape, img_tag, page, table, write_page  # noqa: F401
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

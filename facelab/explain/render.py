@@ -1,5 +1,6 @@
 """Pictures and the report: heat maps over crops and photos, the feature-map and filter
-grids, and one self-contained ``explain.html`` (facelab._html: images as data URIs)."""
+grids, and one self-contained ``explain.html`` (``templates/explain_report.html``: images as
+data URIs)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facelab.bundle import Predictor
-from facelab._html import escape, image_grid, img_tag, png_bytes, write_page
+from facelab import templates
+from facelab._html import image_grid, png_bytes
 from facelab._io import write_bytes
 from facelab.explain.config import ExplainConfig, Explanation
 from facelab.explain.features import feature_maps, first_layer_filters
@@ -80,20 +82,20 @@ def write_outputs(out: Path, predictor: Predictor, items: list[Explanation], con
         png = png_bytes(image_grid(panels, ["aligned crop", what, "on the photo"],
                                    cols=3, tile=256, caption_lines=1))
         files[f"cam_{i}"] = write_bytes(out / f"{i:03d}_{Path(e.path).stem}_{config.method}.png", png)
-        sections.append((f"{Path(e.path).name}: {e.label} (p={e.prob:.2f})", img_tag(png, e.label)))
+        sections.append((f"{Path(e.path).name}: {e.label} (p={e.prob:.2f})", png, e.label))
     if len(items) > 1:
         grid = png_bytes(image_grid([overlay(e.crop, e.cam, config.alpha) for e in items],
                                     [f"{e.label[:14]} {e.prob:.2f}" for e in items], cols=8, tile=128, caption_lines=1))
         files["grid"] = write_bytes(out / f"{config.method}_grid.png", grid)
-        sections.insert(0, ("All photos", img_tag(grid, "grid")))
+        sections.insert(0, ("All photos", grid, "grid"))
     if config.feature_maps:
         maps = png_bytes(feature_map_grid(feature_maps(predictor, items[0].crop, config.blocks), config.channels))
         filters = png_bytes(filters_grid(first_layer_filters(predictor)))
         files["feature_maps"] = write_bytes(out / "feature_maps.png", maps)
         files["filters"] = write_bytes(out / "filters.png", filters)
         sections += [(f"Feature maps of {Path(items[0].path).name}: after convolution, activation and pooling",
-                      img_tag(maps, "feature maps")), ("First-layer filters", img_tag(filters, "filters"))]
+                      maps, "feature maps"), ("First-layer filters", filters, "filters")]
     model = predictor.info.model.name or "?"
-    files["html"] = write_page(out / "explain.html", "facelab explain", sections,
-                               escape(f"Model: {model}; method: {config.method}"))
+    files["html"] = templates.write(out / "explain.html", "explain_report.html", title="facelab explain",
+                                    model=model, method=config.method, sections=sections)
     return files

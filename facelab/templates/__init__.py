@@ -1,8 +1,7 @@
 """The jinja2 templates of facelab's reports, and the one place that renders them.
 
-Every HTML page (evaluate's report.html, inspect's report, compare.html, and through
-:func:`page` the reports of stages that still build their sections in Python) and the
-Markdown model card come from the files in this folder, rendered with autoescape on: a
+Every HTML page (evaluate's report.html, inspect's and prepare's reports, compare.html,
+explain.html, serve's /docs) and the Markdown model card come from the files in this folder, rendered with autoescape on: a
 label, path or reason that contains ``<`` or ``&`` is shown, never interpreted, and the
 layout can be read apart from the code that computes the numbers. Pictures are embedded
 as data URIs (:func:`data_uri`), so a report opens offline and travels as one file.
@@ -13,7 +12,7 @@ import base64
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from facelab._io import write_text
 
@@ -59,34 +58,3 @@ def cell(v: Any, floatfmt: str = "{:.3f}") -> Any:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-# --------------------------------------------------------------------------- pages built in Python
-
-def escape(text: Any) -> str:
-    from markupsafe import escape as _escape
-
-    return str(_escape(str(text)))
-
-
-def img_tag(png: bytes, alt: str = "", width: int | None = None) -> str:
-    """An ``<img>`` with the picture embedded (for sections built in Python)."""
-    return str(environment().get_template("_macros.html").module.img(png, alt, width)).strip()
-
-
-def table(rows: Iterable[Sequence[Any]], columns: Sequence[str], floatfmt: str = "{:.3f}") -> str:
-    """An HTML table; floats formatted with ``floatfmt`` (for sections built in Python)."""
-    return str(environment().get_template("_macros.html").module.table(list(rows), columns, floatfmt)).strip()
-
-
-def page(title: str, sections: Sequence[tuple[str, str]], intro: str = "") -> str:
-    """A complete HTML document of ``sections`` = [(heading, inner_html), ...]; the inner HTML
-    is the caller's, already escaped (:func:`escape`, :func:`table`, :func:`img_tag`)."""
-    from markupsafe import Markup
-
-    return render("page.html", title=title, intro=Markup(intro),
-                  sections=[(heading, Markup(inner)) for heading, inner in sections])
-
-
-def write_page(path: str | Path, title: str, sections: Sequence[tuple[str, str]], intro: str = "") -> Path:
-    return write_text(path, page(title, sections, intro))
