@@ -40,7 +40,7 @@ def evaluate(run: str | Path | Sequence[str | Path], data: str | Path, out: str 
         raise DataError(f"{data}: no photos to evaluate")
     task_targets(table, task)  # mismatched labels fail here, before any slow work
     n_source = len(table)
-    table = prepared(table, predictors[0].bundle.get("prepare"), config.progress)
+    table = prepared(table, predictors[0].info.prepare, config.progress)
     if len(table) == 0:
         raise DataError(f"{data}: no usable face in any photo (face preparation dropped all {n_source})")
     targets = task_targets(table, task)

@@ -62,7 +62,7 @@ def load_predictors(members: Sequence[Path]) -> list[Any]:
         if p.task.kind != first.task.kind or list(p.labels) != list(first.labels):
             raise ConfigError(f"ensemble members disagree on the task: {members[0]} predicts "
                               f"{first.task.kind} {list(first.labels)}, {m} predicts {p.task.kind} {list(p.labels)}")
-        if (p.bundle.get("prepare") or None) != (first.bundle.get("prepare") or None):
+        if (p.info.prepare or None) != (first.info.prepare or None):
             raise ConfigError(f"ensemble members {members[0]} and {m} use different face preparation; "
                               f"an ensemble needs identical crops")
     return predictors

@@ -60,7 +60,7 @@ def enroll(run: str | Path, person: str, photos: Sequence[str | Path], progress:
     photos = [Path(p) for p in photos]
     if not photos:
         raise ConfigError("no photos given: pass one or more photo files of the person")
-    emb, found = embed_images(photos, predictor.bundle.get("prepare"), progress=progress)
+    emb, found = embed_images(photos, predictor.info.prepare, progress=progress)
     skipped = [str(p) for p, ok in zip(photos, found) if not ok]
     if not found.any():
         raise DataError(f"no face found in any of the {len(photos)} photo(s) of {person!r}; "

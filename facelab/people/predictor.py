@@ -64,7 +64,7 @@ class EmbeddingPredictor(Predictor):
         return self.model.threshold
 
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        return embed_crops(crops, template_landmarks(self.bundle.get("prepare")))
+        return embed_crops(crops, template_landmarks(self.info.prepare))
 
     def predict_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Aligned crops -> probabilities over the known people, float32 (N, L)."""
