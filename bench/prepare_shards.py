@@ -10,6 +10,7 @@ caches; the merged output is checked byte for byte against the single process's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -35,18 +36,17 @@ def _run_all(cmds: list[list[str]]) -> tuple[float, float]:
     """Start every command at once; (wall seconds until the last one ends, the largest peak
     RSS of one process in MB)."""
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as logs:
-        errs = [open(Path(logs) / f"{i}.err", "w+") for i in range(len(cmds))]  # noqa: SIM115 - closed below
+    with contextlib.ExitStack() as stack:
+        errs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in cmds]
         procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=e, text=True) for c, e in zip(cmds, errs)]
         peak = 0.0
         for p, err in zip(procs, errs):
-            _, status, usage = os.wait4(p.pid, 0)
+            _, status, usage = os.wait4(p.pid, 0)  # like wait(), plus the process's peak RSS
             p.returncode = os.waitstatus_to_exitcode(status)
             peak = max(peak, usage.ru_maxrss / 1024)
-            err.seek(0)
             if p.returncode:
+                err.seek(0)
                 raise RuntimeError(f"{' '.join(map(str, p.args))} failed:\n{err.read()[-2000:]}")
-            err.close()
     return time.perf_counter() - t0, peak
 
 

@@ -296,7 +296,6 @@ _YUFACE_LOCK = threading.Lock()
 def _yuface_omp_setter():  # noqa: ANN202 - a ctypes function or None
     """``omp_set_num_threads`` of the OpenMP runtime bundled with yuface (None if absent)."""
     import ctypes
-    from pathlib import Path
 
     import yuface
 

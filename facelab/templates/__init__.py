@@ -1,9 +1,10 @@
 """The jinja2 templates of facelab's reports, and the one place that renders them.
 
 Every HTML page (evaluate's report.html, inspect's and prepare's reports, compare.html,
-explain.html, serve's /docs) and the Markdown model card come from the files in this folder, rendered with autoescape on: a
-label, path or reason that contains ``<`` or ``&`` is shown, never interpreted, and the
-layout can be read apart from the code that computes the numbers. Pictures are embedded
+explain.html, serve's /docs) and the Markdown model card come from the files in this
+folder, rendered with autoescape on: a label, path or reason that contains ``<`` or ``&``
+is shown, never interpreted, and the layout can be read apart from the code that computes
+the numbers. Pictures are embedded
 as data URIs (:func:`data_uri`), so a report opens offline and travels as one file.
 """
 from __future__ import annotations
